@@ -1,0 +1,170 @@
+"""The `jambot` command: run the bot, sync its commands, or make a track in the terminal."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import logging
+import mimetypes
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bot.music.backend import Progress, Track
+from bot.music.errors import GenerationError, InvalidRequestError
+from bot.music.replicate import ReplicateBackend
+from bot.music.request import AudioFormat, ModelVersion, MusicRequest, Normalization
+from bot.naming import track_filename
+from bot.settings import ConfigError, Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+MAX_LOCAL_AUDIO_BYTES = 5 * 1024 * 1024
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format="%(asctime)s %(levelname)-8s %(name)s: %(message)s",
+        )
+        result: int = args.handler(args, settings)
+        return result
+    except ConfigError as exc:
+        print(f"jambot: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jambot", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="connect to Discord and serve /music")
+    run.set_defaults(handler=_run)
+
+    sync = commands.add_parser("sync", help="register the slash commands with Discord")
+    sync.add_argument(
+        "--guild", type=int, help="register in one guild (instant) instead of globally"
+    )
+    sync.set_defaults(handler=_sync)
+
+    gen = commands.add_parser("generate", help="make one track in the terminal")
+    gen.add_argument("prompt", help="what the music should sound like")
+    gen.add_argument("--duration", type=int, default=8, help="length in seconds")
+    gen.add_argument("--model", choices=[m.value for m in ModelVersion], default="stereo-large")
+    gen.add_argument("--temperature", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int, default=250)
+    gen.add_argument("--top-p", type=float, default=0.0)
+    gen.add_argument("--guidance", type=int, default=3, help="classifier-free guidance")
+    gen.add_argument("--output-format", choices=[f.value for f in AudioFormat], default="wav")
+    gen.add_argument("--normalization", choices=[n.value for n in Normalization])
+    gen.add_argument("--seed", type=int, help="fix the seed to reproduce a track")
+    gen.add_argument("--audio", help="melody to follow or clip to continue: a file or a URL")
+    gen.add_argument("--continuation", action="store_true", help="continue --audio")
+    gen.add_argument("--out", type=Path, help="where to write the track (default: from prompt)")
+    gen.set_defaults(handler=_generate)
+    return parser
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.chat.app import run_bot
+
+    return run_bot(settings)
+
+
+def _sync(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.chat.app import sync_commands
+
+    return sync_commands(settings, guild_id=args.guild)
+
+
+def _generate(args: argparse.Namespace, settings: Settings) -> int:
+    settings.require("REPLICATE_API_TOKEN")
+    try:
+        request = MusicRequest.parse(
+            _request_options(args), max_duration=settings.max_duration_seconds
+        )
+    except InvalidRequestError as exc:
+        print(f"jambot: {exc.user_message}", file=sys.stderr)
+        return 2
+    try:
+        track = asyncio.run(_make(settings, request))
+    except GenerationError as exc:
+        _clear_line()
+        print(f"jambot: {exc.user_message}", file=sys.stderr)
+        log.debug("generation failed: %s", exc.detail)
+        return 1
+    _clear_line()
+    out = args.out or Path(track_filename(request.prompt, track.seed, track.format))
+    out.write_bytes(track.data)
+    seed = track.seed if track.seed is not None else "unknown"
+    print(f"Wrote {out} ({len(track.data):,} bytes, {track.format}); seed {seed}")
+    return 0
+
+
+def _request_options(args: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "prompt": args.prompt,
+        "duration": args.duration,
+        "model_version": args.model,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "classifier_free_guidance": args.guidance,
+        "output_format": args.output_format,
+        "continuation": args.continuation,
+    }
+    if args.normalization:
+        options["normalization_strategy"] = args.normalization
+    if args.seed is not None:
+        options["seed"] = args.seed
+    if args.audio:
+        options["input_audio"] = _audio_input(args.audio)
+    return options
+
+
+def _audio_input(value: str) -> str:
+    """A URL is passed through; a local file becomes a data URI (Replicate accepts both)."""
+    if value.startswith(("http://", "https://")):
+        return value
+    path = Path(value)
+    if not path.is_file():
+        raise InvalidRequestError(f"--audio: no such file: {value}")
+    data = path.read_bytes()
+    if len(data) > MAX_LOCAL_AUDIO_BYTES:
+        raise InvalidRequestError("--audio: the file must be at most 5 MB")
+    mime = mimetypes.guess_type(path.name)[0] or "audio/wav"
+    if not mime.startswith("audio/"):
+        mime = "audio/wav"
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+async def _make(settings: Settings, request: MusicRequest) -> Track:
+    backend = ReplicateBackend.from_settings(settings)
+    try:
+        return await backend.generate(request, on_progress=_show_progress)
+    finally:
+        await backend.aclose()
+
+
+async def _show_progress(progress: Progress) -> None:
+    width = 30
+    percent = progress.percent or 0.0
+    filled = int(width * percent / 100)
+    bar = "#" * filled + "-" * (width - filled)
+    eta = f", about {progress.eta:.0f}s left" if progress.eta is not None else ""
+    line = f"\r[{bar}] {percent:5.1f}% {progress.status} {progress.elapsed:5.1f}s{eta}"
+    sys.stderr.write(line.ljust(79))
+    sys.stderr.flush()
+
+
+def _clear_line() -> None:
+    if sys.stderr.isatty():
+        sys.stderr.write("\r" + " " * 79 + "\r")

@@ -1,0 +1,1 @@
+"""The music domain: requests, the Replicate backend, retries, audio. Knows nothing of Discord."""

@@ -1,0 +1,425 @@
+"""The Replicate adapter: the only module that imports `replicate` or talks HTTP to Replicate.
+
+It creates predictions with the official client (never `run()` and its `Prefer: wait` traps),
+polls them on its own loop with a deadline, downloads the output at once (Replicate deletes
+it after an hour) and translates every third-party failure into `bot.music.errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable
+from datetime import datetime, timedelta
+from typing import Any, Self
+
+import httpx
+from pydantic import BaseModel, SecretStr
+from replicate.client import Client
+from replicate.exceptions import ReplicateError
+
+from bot.music import errors
+from bot.music.backend import CreatedCallback, Progress, ProgressCallback, Track
+from bot.music.request import MusicRequest
+from bot.music.retry import RetryPolicy
+from bot.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
+MIN_POLL_INTERVAL = 0.05
+OUTPUT_LIFETIME = timedelta(hours=1)
+_PERCENT = re.compile(r"(\d{1,3}(?:\.\d+)?)%\|")
+_SEED = re.compile(r"Using seed:? (\d+)")
+_TRANSIENT_FAILURE = re.compile(
+    r"out of memory|CUDA error|OOM|interrupted|worker (?:died|lost|crashed)|timed? ?out|"
+    r"connection reset|preempted|internal server error|no space left",
+    re.IGNORECASE,
+)
+
+
+class PredictionState(BaseModel):
+    """The fields of Replicate's prediction JSON we rely on, any status accepted (even aborted)."""
+
+    id: str
+    status: str
+    output: Any = None
+    logs: str | None = None
+    error: Any = None
+    metrics: dict[str, Any] | None = None
+    created_at: str | None = None
+
+    @property
+    def percent(self) -> float | None:
+        found = _PERCENT.findall(self.logs or "")
+        return min(float(found[-1]), 100.0) if found else None
+
+    @property
+    def seed(self) -> int | None:
+        found = _SEED.findall(self.logs or "")
+        return int(found[-1]) if found else None
+
+    @property
+    def predict_time(self) -> float | None:
+        value = (self.metrics or {}).get("predict_time")
+        return float(value) if isinstance(value, int | float) else None
+
+
+class ReplicateBackend:
+    """MusicGen on Replicate. One instance (one HTTP client pool) per process."""
+
+    def __init__(
+        self,
+        *,
+        api_token: SecretStr,
+        model: str,
+        base_url: str = "https://api.replicate.com",
+        poll_interval: float = 0.5,
+        timeout: float = 300.0,
+        retry: RetryPolicy | None = None,
+        max_download_bytes: int = 100 * 1024 * 1024,
+        http_timeout: float = 30.0,
+    ) -> None:
+        self._model, _, self._version = model.partition(":")
+        self._poll_interval = poll_interval
+        self._timeout = timeout
+        self._retry = retry or RetryPolicy()
+        self._max_download_bytes = max_download_bytes
+        self._http_timeout = http_timeout
+        limits = httpx.Timeout(http_timeout, connect=10.0)
+        self._client = Client(
+            api_token=api_token.get_secret_value(),
+            base_url=base_url,
+            timeout=limits,
+            event_hooks={"response": [_raise_translated]},
+        )
+        self._http = httpx.AsyncClient(timeout=limits, follow_redirects=True)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        settings.require("REPLICATE_API_TOKEN")
+        assert settings.replicate_api_token is not None
+        retry = RetryPolicy(
+            max_attempts=settings.max_attempts, base_delay=settings.retry_base_delay_seconds
+        )
+        return cls(
+            api_token=settings.replicate_api_token,
+            model=settings.replicate_model,
+            base_url=settings.replicate_base_url,
+            poll_interval=settings.replicate_poll_interval,
+            timeout=settings.generation_timeout_seconds,
+            retry=retry,
+            max_download_bytes=settings.max_download_bytes,
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+        await self._client._async_client.aclose()
+
+    # -- the public operations ------------------------------------------------------------
+
+    async def generate(
+        self,
+        request: MusicRequest,
+        *,
+        on_progress: ProgressCallback | None = None,
+        on_created: CreatedCallback | None = None,
+    ) -> Track:
+        """Create, report the id, wait, download. Creates again only after a transient failure."""
+        deadline = self._deadline()
+        current: list[str] = []
+
+        async def run() -> Track:
+            attempt = 0
+            while True:
+                attempt += 1
+                try:
+                    prediction_id = await self._create(request.to_replicate_input())
+                except errors.TransientError as exc:
+                    await self._retry.backoff(attempt, exc, deadline)
+                    continue
+                current.append(prediction_id)
+                if on_created is not None:
+                    await on_created(prediction_id)
+                try:
+                    return await self._wait_and_fetch(prediction_id, request, on_progress)
+                except errors.TransientPredictionError as exc:
+                    await self._retry.backoff(attempt, exc, deadline)
+
+        return await self._within_deadline(run(), deadline, current)
+
+    async def resume(
+        self,
+        prediction_id: str,
+        request: MusicRequest,
+        *,
+        on_progress: ProgressCallback | None = None,
+    ) -> Track:
+        """Wait for and download a prediction created earlier (after a restart). No create."""
+        deadline = self._deadline()
+        run = self._wait_and_fetch(prediction_id, request, on_progress)
+        return await self._within_deadline(run, deadline, [prediction_id])
+
+    async def cancel(self, prediction_id: str) -> None:
+        """Cancel at Replicate. Cancelling a finished or unknown prediction is not an error."""
+        try:
+            await self._client._async_request("POST", f"/v1/predictions/{prediction_id}/cancel")
+        except (errors.GenerationError, httpx.HTTPError) as exc:
+            log.warning("cancel of prediction %s failed: %s", prediction_id, exc)
+        else:
+            log.info("cancelled prediction %s", prediction_id)
+
+    # -- steps ----------------------------------------------------------------------------
+
+    def _deadline(self) -> float:
+        return asyncio.get_running_loop().time() + self._timeout
+
+    async def _within_deadline(
+        self, work: Awaitable[Track], deadline: float, predictions: list[str]
+    ) -> Track:
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await work
+        except TimeoutError:
+            if predictions:
+                await asyncio.shield(self.cancel(predictions[-1]))
+            raise errors.GenerationTimeoutError(
+                detail=f"deadline of {self._timeout:.0f}s passed; predictions {predictions}"
+            ) from None
+
+    async def _create(self, payload: dict[str, Any]) -> str:
+        """One create request. The client sends POSTs with no timeout at all: bound it here."""
+        try:
+            async with asyncio.timeout(self._http_timeout):
+                if self._version:
+                    prediction = await self._client.predictions.async_create(
+                        version=self._version, input=payload
+                    )
+                else:
+                    prediction = await self._client.predictions.async_create(
+                        model=self._model, input=payload
+                    )
+        except TimeoutError:
+            raise errors.ServiceUnavailableError(detail="create timed out") from None
+        except (httpx.HTTPError, ReplicateError) as exc:
+            raise _translate(exc) from exc
+        log.info("created prediction %s", prediction.id)
+        return str(prediction.id)
+
+    async def _poll(self, prediction_id: str) -> PredictionState:
+        try:
+            response = await self._client._async_request("GET", f"/v1/predictions/{prediction_id}")
+        except (httpx.HTTPError, ReplicateError) as exc:
+            raise _translate(exc, polling=True) from exc
+        return PredictionState.model_validate(response.json())
+
+    async def _wait_and_fetch(
+        self, prediction_id: str, request: MusicRequest, on_progress: ProgressCallback | None
+    ) -> Track:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        state = await self._wait(prediction_id, started, on_progress)
+        url = _output_url(state)
+        if on_progress is not None:
+            await on_progress(
+                Progress("downloading", loop.time() - started, 100.0, 0.0, state.seed)
+            )
+        data = await self._retry.call(lambda: self._download(url))
+        return Track(
+            data=data,
+            format=_extension(url, request.output_format.value),
+            prediction_id=prediction_id,
+            model_version=request.model_version.value,
+            seed=state.seed if state.seed is not None else request.seed,
+            predict_time=state.predict_time,
+            elapsed=loop.time() - started,
+            output_url=url,
+            url_expires_at=_expiry(state.created_at),
+        )
+
+    async def _wait(
+        self, prediction_id: str, started: float, on_progress: ProgressCallback | None
+    ) -> PredictionState:
+        """Poll until a terminal status. A failed poll is retried as a poll, never a create."""
+        loop = asyncio.get_running_loop()
+        failures = 0
+        processing_since: float | None = None
+        while True:
+            try:
+                state = await self._poll(prediction_id)
+                failures = 0
+            except errors.TransientError as exc:
+                failures += 1
+                await self._retry.sleep(self._poll_backoff(failures, exc))
+                continue
+            if state.status in TERMINAL:
+                return _check_terminal(state)
+            now = loop.time()
+            if state.status == "processing" and processing_since is None:
+                processing_since = now
+            eta = _eta(state.percent, now - processing_since if processing_since else None)
+            if on_progress is not None:
+                progress = Progress(state.status, now - started, state.percent, eta, state.seed)
+                await on_progress(progress)
+            await self._retry.sleep(self._next_poll(eta))
+
+    def _next_poll(self, eta: float | None) -> float:
+        """Poll at the configured pace, faster as the logs say the end is near."""
+        if eta is None:
+            return self._poll_interval
+        return max(MIN_POLL_INTERVAL, min(self._poll_interval, eta / 2))
+
+    def _poll_backoff(self, failures: int, exc: errors.TransientError) -> float:
+        delay = self._retry.delay(failures, exc)
+        log.info("poll failed (%s); polling again in %.2fs", exc.detail, delay)
+        return delay
+
+    async def _download(self, url: str) -> bytes:
+        """Fetch the output with a size cap. Transient failures are retried by the caller."""
+        try:
+            async with self._http.stream("GET", url) as response:
+                _check_download_status(response)
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > self._max_download_bytes:
+                        raise errors.OutputError(detail=f"output over {size} bytes")
+                    chunks.append(chunk)
+        except httpx.HTTPError as exc:
+            raise errors.ServiceUnavailableError(
+                "Replicate finished, but the track couldn't be downloaded; please try again.",
+                f"download failed: {type(exc).__name__}",
+            ) from exc
+        data = b"".join(chunks)
+        if not data:
+            raise errors.OutputError(detail="empty output file")
+        return data
+
+
+# -- translation of third-party failures (the only place that knows httpx/replicate errors) ----
+
+
+async def _raise_translated(response: httpx.Response) -> None:
+    """httpx response hook: turn Replicate's error answers into our errors, headers in hand."""
+    if response.status_code < 400 or response.url.path.startswith("/files"):
+        return
+    await response.aread()
+    raise _from_status(response.status_code, _problem(response), response.headers)
+
+
+def _problem(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200]
+    if not isinstance(body, dict):
+        return str(body)[:200]
+    parts = [str(body[key]) for key in ("title", "detail") if body.get(key)]
+    return ": ".join(parts)[:500]
+
+
+def _from_status(
+    status: int, problem: str, headers: httpx.Headers | None = None
+) -> errors.GenerationError:
+    detail = f"Replicate answered {status}: {problem}"
+    if status in (401, 403):
+        return errors.AuthenticationError(detail=detail)
+    if status == 402:
+        return errors.BillingError(detail=detail)
+    if status == 404:
+        return errors.ModelNotFoundError(detail=detail)
+    if status == 422:
+        if "version" in problem.lower():
+            return errors.ModelNotFoundError(detail=detail)
+        return errors.InputRejectedError(
+            f"Replicate rejected the request's settings ({problem[:200]}).", detail
+        )
+    if status == 429:
+        return errors.RateLimitedError(detail=detail, retry_after=_retry_after(headers))
+    if status >= 500 or status == 408:
+        return errors.ServiceUnavailableError(detail=detail, retry_after=_retry_after(headers))
+    return errors.PermanentError(detail=detail)
+
+
+def _translate(exc: Exception, *, polling: bool = False) -> errors.GenerationError:
+    if isinstance(exc, errors.GenerationError):
+        return exc
+    if isinstance(exc, ReplicateError):
+        return _from_status(exc.status or 500, f"{exc.title or ''}: {exc.detail or ''}")
+    if isinstance(exc, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError):
+        return errors.ServiceUnavailableError(
+            "Couldn't reach Replicate; please try again in a minute.",
+            f"{'poll' if polling else 'request'} failed: {type(exc).__name__}",
+        )
+    return errors.ServiceUnavailableError(detail=f"unexpected HTTP failure: {type(exc).__name__}")
+
+
+def _retry_after(headers: httpx.Headers | None) -> float | None:
+    value = headers.get("retry-after", "").strip() if headers is not None else ""
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+def _check_download_status(response: httpx.Response) -> None:
+    status = response.status_code
+    if status < 400:
+        return
+    if status in (408, 429) or status >= 500:
+        raise errors.ServiceUnavailableError(
+            "Replicate finished, but the track couldn't be downloaded; please try again.",
+            f"download answered {status}",
+            retry_after=_retry_after(response.headers),
+        )
+    raise errors.OutputError(detail=f"download answered {status}")
+
+
+def _check_terminal(state: PredictionState) -> PredictionState:
+    if state.status == "succeeded":
+        return state
+    if state.status == "canceled":
+        raise errors.PredictionCanceledError(detail=f"prediction {state.id} was canceled")
+    if state.status == "aborted":
+        raise errors.TransientPredictionError(
+            "Replicate dropped the generation before it started; please try again.",
+            f"prediction {state.id} aborted",
+        )
+    reason = str(state.error or "no reason given").strip()
+    detail = f"prediction {state.id} failed: {reason[:1000]}"
+    if _TRANSIENT_FAILURE.search(reason):
+        raise errors.TransientPredictionError(detail=detail)
+    short = reason.splitlines()[-1][:300] if reason else "no reason given"
+    raise errors.PredictionFailedError(f"The model couldn't make this track: {short}", detail)
+
+
+def _output_url(state: PredictionState) -> str:
+    output = state.output
+    if isinstance(output, list) and len(output) == 1:
+        output = output[0]
+    if not isinstance(output, str) or not output.startswith(("https://", "http://")):
+        raise errors.OutputError(detail=f"prediction {state.id} output is not a URL: {output!r}")
+    return output
+
+
+def _extension(url: str, fallback: str) -> str:
+    name = url.rsplit("/", 1)[-1].split("?", 1)[0]
+    ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    return ext if ext in {"wav", "mp3", "flac", "ogg"} else fallback
+
+
+def _expiry(created_at: str | None) -> datetime | None:
+    if not created_at:
+        return None
+    try:
+        return datetime.fromisoformat(created_at.replace("Z", "+00:00")) + OUTPUT_LIFETIME
+    except ValueError:
+        return None
+
+
+def _eta(percent: float | None, processing_for: float | None) -> float | None:
+    if percent is None or processing_for is None or percent <= 0:
+        return None
+    return max(processing_for * (100.0 - percent) / percent, 0.0)
