@@ -1,0 +1,521 @@
+"""The job store and its migrations, against a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import AsyncIterator
+from dataclasses import fields
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import pytest
+
+from bot.jobs import TERMINAL, Job, JobNotFound, JobStore, MigrationError, NewJob
+from bot.jobs.migrate import (
+    Migration,
+    current_version,
+    load_migrations,
+    migrate,
+    split_statements,
+)
+
+START = datetime(2025, 3, 14, 20, 48, 0, 123456, tzinfo=UTC)
+TOKEN = "aW50ZXJhY3Rpb246MTIzNDU2Nzg5OnNlY3JldC10b2tlbg"
+
+
+class Clock:
+    """A settable clock for the store."""
+
+    def __init__(self, start: datetime = START) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+def new_job(user_id: int = 42, interaction_id: int = 1000, **overrides: Any) -> NewJob:
+    values: dict[str, Any] = {
+        "guild_id": 7,
+        "channel_id": 8,
+        "user_id": user_id,
+        "interaction_id": interaction_id,
+        "application_id": 9,
+        "token": TOKEN,
+        "token_expires_at": START + timedelta(minutes=15),
+        "request_json": '{"prompt": "lofi; rain", "duration": 8}',
+    }
+    values.update(overrides)
+    return NewJob(**values)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "jambot.db"
+
+
+@pytest.fixture
+async def store(db_path: Path, clock: Clock) -> AsyncIterator[JobStore]:
+    job_store = await JobStore.open(db_path, now=clock)
+    yield job_store
+    await job_store.close()
+
+
+def read_rows(path: Path, sql: str, *parameters: object) -> list[tuple[Any, ...]]:
+    """Query the file through a separate, plain sqlite3 connection."""
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql, parameters).fetchall()
+    finally:
+        conn.close()
+
+
+async def running_job(store: JobStore, **overrides: Any) -> Job:
+    job = await store.add(new_job(**overrides))
+    started = await store.start(job.id)
+    assert started is not None
+    return started
+
+
+# -- migrations ---------------------------------------------------------------------------
+
+
+async def test_open_migrates_an_empty_file(store: JobStore, db_path: Path) -> None:
+    versions = read_rows(db_path, "SELECT version, name, applied_at FROM schema_version")
+    assert versions == [
+        (1, "jobs", "2025-03-14T20:48:00.123456Z"),
+        (2, "costs_and_delivery", "2025-03-14T20:48:00.123456Z"),
+    ]
+    columns = {row[1] for row in read_rows(db_path, "PRAGMA table_info(jobs)")}
+    assert columns == {f.name for f in fields(Job)}
+    assert read_rows(db_path, "PRAGMA journal_mode") == [("wal",)]
+
+
+async def test_open_creates_missing_folders(tmp_path: Path) -> None:
+    job_store = await JobStore.open(tmp_path / "data" / "bot" / "jambot.db")
+    await job_store.close()
+    assert (tmp_path / "data" / "bot" / "jambot.db").is_file()
+
+
+async def test_reopening_does_not_reapply(db_path: Path, clock: Clock) -> None:
+    first = await JobStore.open(db_path, now=clock)
+    job = await first.add(new_job())
+    await first.close()
+    before = read_rows(db_path, "SELECT * FROM schema_version")
+
+    clock.advance(days=1)
+    second = await JobStore.open(db_path, now=clock)
+    assert await second.get(job.id) == job
+    await second.close()
+    assert read_rows(db_path, "SELECT * FROM schema_version") == before
+
+    async with aiosqlite.connect(db_path, isolation_level=None) as db:
+        assert await migrate(db) == []
+        assert await current_version(db) == 2
+
+
+async def test_migrates_a_v1_database_that_holds_jobs(db_path: Path, clock: Clock) -> None:
+    async with aiosqlite.connect(db_path, isolation_level=None) as db:
+        assert await migrate(db, target=1) == [1]
+        v1_columns = (
+            "created_at, updated_at, guild_id, channel_id, user_id, interaction_id,"
+            " application_id, token, token_expires_at, message_id, request_json, status,"
+            " prediction_id, attempts, seed, started_at, finished_at"
+        )
+        await db.execute(
+            f"INSERT INTO jobs ({v1_columns}) VALUES"
+            " ('2025-03-01T10:00:00.000000Z', '2025-03-01T10:00:00.000000Z', NULL, 8, 42,"
+            "  1001, 9, 'tok-1', '2025-03-01T10:15:00.000000Z', 555, '{\"prompt\": \"jazz\"}',"
+            "  'queued', NULL, 0, NULL, NULL, NULL),"
+            " ('2025-03-01T11:00:00.000000Z', '2025-03-01T11:01:00.000000Z', 7, 8, 42,"
+            "  1002, 9, 'tok-2', '2025-03-01T11:15:00.000000Z', 556, '{\"prompt\": \"rock\"}',"
+            "  'delivered', 'pred-2', 1, 77, '2025-03-01T11:00:01.000000Z',"
+            "  '2025-03-01T11:01:00.000000Z')"
+        )
+
+    job_store = await JobStore.open(db_path, now=clock)
+    try:
+        queued = await job_store.get(1)
+        delivered = await job_store.get(2)
+    finally:
+        await job_store.close()
+
+    assert queued is not None
+    assert queued.status == "queued"
+    assert queued.guild_id is None
+    assert queued.request_json == '{"prompt": "jazz"}'
+    assert queued.created_at == datetime(2025, 3, 1, 10, 0, tzinfo=UTC)
+    assert (queued.predict_time, queued.cost_estimate) == (None, None)
+    assert (queued.delivered_message_id, queued.delivered_channel_id) == (None, None)
+    assert queued.delivered_at is None
+
+    assert delivered is not None
+    assert (delivered.prediction_id, delivered.seed, delivered.attempts) == ("pred-2", 77, 1)
+    assert delivered.delivered_message_id == 556
+    assert delivered.delivered_channel_id == 8
+    assert delivered.delivered_at == datetime(2025, 3, 1, 11, 1, tzinfo=UTC)
+    assert [row[0] for row in read_rows(db_path, "SELECT version FROM schema_version")] == [1, 2]
+
+
+async def test_a_failing_migration_is_rolled_back_whole(db_path: Path) -> None:
+    migrations = [
+        Migration(1, "one", "CREATE TABLE a (x INTEGER);"),
+        Migration(2, "two", "CREATE TABLE b (x INTEGER);\nINSERT INTO missing VALUES (1);"),
+    ]
+    async with aiosqlite.connect(db_path, isolation_level=None) as db:
+        with pytest.raises(sqlite3.OperationalError, match="missing"):
+            await migrate(db, migrations)
+        assert await current_version(db) == 1
+    tables = {row[0] for row in read_rows(db_path, "SELECT name FROM sqlite_master")}
+    assert "a" in tables
+    assert "b" not in tables
+
+
+async def test_a_database_newer_than_the_code_is_refused(db_path: Path) -> None:
+    job_store = await JobStore.open(db_path)
+    await job_store.close()
+    conn = sqlite3.connect(db_path)
+    with conn:
+        conn.execute("INSERT INTO schema_version VALUES (3, 'future', '2030-01-01T00:00:00Z')")
+    conn.close()
+    with pytest.raises(MigrationError, match="schema version 3"):
+        await JobStore.open(db_path)
+
+
+def test_packaged_migrations_are_numbered_from_one() -> None:
+    assert [(m.version, m.name) for m in load_migrations()] == [
+        (1, "jobs"),
+        (2, "costs_and_delivery"),
+    ]
+
+
+def test_migration_files_with_a_gap_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "V1__a.sql").write_text("SELECT 1;")
+    (tmp_path / "V3__c.sql").write_text("SELECT 1;")
+    (tmp_path / "notes.txt").write_text("ignored")
+    with pytest.raises(MigrationError, match="without gaps"):
+        load_migrations(tmp_path)
+
+
+def test_split_statements_keeps_semicolons_in_strings_comments_and_triggers() -> None:
+    script = """
+    -- a comment; with a semicolon
+    CREATE TABLE t (x TEXT DEFAULT 'a;b');
+    CREATE TRIGGER tr AFTER INSERT ON t BEGIN UPDATE t SET x = 'c;d'; END;
+    INSERT INTO t VALUES ('e;f')
+    """
+    statements = split_statements(script)
+    assert len(statements) == 3
+    assert statements[1].startswith("CREATE TRIGGER") and statements[1].endswith("END;")
+    assert statements[2] == "INSERT INTO t VALUES ('e;f')"
+
+
+# -- adding and reading -------------------------------------------------------------------
+
+
+async def test_add_stores_a_queued_job(store: JobStore) -> None:
+    job = await store.add(new_job(message_id=99))
+    assert job.id == 1
+    assert job.status == "queued"
+    assert (job.attempts, job.prediction_id, job.started_at) == (0, None, None)
+    assert job.created_at == job.updated_at == START
+    assert job.token == TOKEN
+    assert job.token_expires_at == START + timedelta(minutes=15)
+    assert job.message_id == 99
+    assert job.request_json == '{"prompt": "lofi; rain", "duration": 8}'
+    assert not job.is_terminal
+    assert await store.get(job.id) == job
+    assert await store.get(12345) is None
+
+
+async def test_a_dm_job_has_no_guild(store: JobStore) -> None:
+    job = await store.add(new_job(guild_id=None))
+    assert job.guild_id is None
+
+
+async def test_the_token_is_never_in_a_repr_or_the_logs(
+    store: JobStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    job = await running_job(store)
+    await store.set_prediction(job.id, "pred-1")
+    await store.deliver(job.id, message_id=1, channel_id=2)
+    delivered = await store.get(job.id)
+    assert delivered is not None
+    assert TOKEN not in repr(delivered)
+    assert TOKEN not in str(delivered)
+    assert TOKEN not in repr(new_job())
+    assert "token=" not in repr(delivered)
+    assert TOKEN not in caplog.text
+
+
+async def test_naive_datetimes_are_refused(store: JobStore) -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        new_job(token_expires_at=datetime(2025, 1, 1))
+    with pytest.raises(ValueError, match="timezone-aware"):
+        await store.count_submitted_since(42, datetime(2025, 1, 1))
+
+
+async def test_set_message_id_and_unknown_ids(store: JobStore, clock: Clock) -> None:
+    job = await store.add(new_job())
+    clock.advance(seconds=1)
+    await store.set_message_id(job.id, 555)
+    updated = await store.get(job.id)
+    assert updated is not None
+    assert updated.message_id == 555
+    assert updated.updated_at == START + timedelta(seconds=1)
+    with pytest.raises(JobNotFound):
+        await store.set_message_id(999, 1)
+    with pytest.raises(JobNotFound):
+        await store.record_result(999, seed=1, predict_time=1.0, cost_estimate=0.1)
+
+
+# -- transitions --------------------------------------------------------------------------
+
+
+async def test_start_runs_a_queued_job_once(store: JobStore, clock: Clock) -> None:
+    job = await store.add(new_job())
+    clock.advance(seconds=2)
+    started = await store.start(job.id)
+    assert started is not None
+    assert started.status == "running"
+    assert started.attempts == 1
+    assert started.started_at == START + timedelta(seconds=2)
+    assert await store.start(job.id) is None
+    assert await store.start(999) is None
+
+
+async def test_set_prediction_is_committed_before_it_returns(
+    store: JobStore, db_path: Path
+) -> None:
+    job = await running_job(store)
+    assert await store.set_prediction(job.id, "pred-abc") is True
+    rows = read_rows(db_path, "SELECT prediction_id FROM jobs WHERE id = ?", job.id)
+    assert rows == [("pred-abc",)]
+
+
+async def test_set_prediction_on_a_cancelled_job_is_refused(store: JobStore) -> None:
+    job = await running_job(store)
+    assert await store.cancel(job.id) is not None
+    assert await store.set_prediction(job.id, "pred-late") is False
+    cancelled = await store.get(job.id)
+    assert cancelled is not None
+    assert cancelled.prediction_id is None
+
+
+async def test_record_result(store: JobStore) -> None:
+    job = await running_job(store)
+    await store.record_result(job.id, seed=1234, predict_time=12.5, cost_estimate=0.0175)
+    stored = await store.get(job.id)
+    assert stored is not None
+    assert (stored.seed, stored.predict_time, stored.cost_estimate) == (1234, 12.5, 0.0175)
+
+
+async def test_deliver_happens_once(store: JobStore, clock: Clock) -> None:
+    job = await running_job(store)
+    clock.advance(seconds=30)
+    assert await store.deliver(job.id, message_id=777, channel_id=888) is True
+    assert await store.deliver(job.id, message_id=778, channel_id=889) is False
+    delivered = await store.get(job.id)
+    assert delivered is not None
+    assert delivered.status == "delivered"
+    assert delivered.is_terminal
+    assert (delivered.delivered_message_id, delivered.delivered_channel_id) == (777, 888)
+    assert delivered.delivered_at == delivered.finished_at == START + timedelta(seconds=30)
+
+    assert await store.fail(job.id, error="Oops.", detail="late") is False
+    assert await store.cancel(job.id) is None
+    assert await store.requeue(job.id) is False
+    assert await store.start(job.id) is None
+    assert await store.get(job.id) == delivered
+
+
+async def test_a_queued_job_cannot_be_delivered(store: JobStore) -> None:
+    job = await store.add(new_job())
+    assert await store.deliver(job.id, message_id=1, channel_id=2) is False
+    assert await store.deliver(999, message_id=1, channel_id=2) is False
+
+
+@pytest.mark.parametrize("running", [False, True])
+async def test_fail_from_queued_or_running(store: JobStore, running: bool) -> None:
+    job = await (running_job(store) if running else store.add(new_job()))
+    error = "MusicGen is unavailable right now; please try again later."
+    assert await store.fail(job.id, error=error, detail="HTTP 503 from Replicate") is True
+    failed = await store.get(job.id)
+    assert failed is not None
+    assert failed.status == "failed"
+    assert (failed.error, failed.error_detail) == (error, "HTTP 503 from Replicate")
+    assert failed.finished_at is not None
+    assert await store.fail(job.id, error="Again.", detail="again") is False
+    assert await store.deliver(job.id, message_id=1, channel_id=2) is False
+
+
+async def test_cancel_returns_the_job_as_it_was(store: JobStore) -> None:
+    queued = await store.add(new_job(interaction_id=1))
+    before = await store.cancel(queued.id)
+    assert before == queued
+    after = await store.get(queued.id)
+    assert after is not None
+    assert after.status == "cancelled"
+    assert after.finished_at is not None
+    assert await store.cancel(queued.id) is None
+
+    running = await running_job(store, interaction_id=2)
+    await store.set_prediction(running.id, "pred-live")
+    before = await store.cancel(running.id)
+    assert before is not None
+    assert (before.status, before.prediction_id) == ("running", "pred-live")
+    assert await store.deliver(running.id, message_id=1, channel_id=2) is False
+    assert await store.cancel(999) is None
+
+
+async def test_requeue_puts_a_running_job_back(store: JobStore) -> None:
+    job = await running_job(store)
+    await store.set_prediction(job.id, "pred-never-created")
+    assert await store.requeue(job.id) is True
+    requeued = await store.get(job.id)
+    assert requeued is not None
+    assert requeued.status == "queued"
+    assert (requeued.prediction_id, requeued.started_at, requeued.attempts) == (None, None, 1)
+    assert await store.requeue(job.id) is False
+    again = await store.start(job.id)
+    assert again is not None
+    assert again.attempts == 2
+
+
+async def test_racing_terminal_transitions_have_one_winner(store: JobStore) -> None:
+    for interaction_id in range(10):
+        job = await running_job(store, interaction_id=interaction_id)
+        delivered, failed, cancelled = await asyncio.gather(
+            store.deliver(job.id, message_id=1, channel_id=2),
+            store.fail(job.id, error="Failed.", detail="race"),
+            store.cancel(job.id),
+        )
+        wins = [delivered, failed, cancelled is not None]
+        assert wins.count(True) == 1
+        final = await store.get(job.id)
+        assert final is not None
+        assert final.status == ("delivered", "failed", "cancelled")[wins.index(True)]
+
+
+async def test_two_connections_racing_have_one_winner(
+    store: JobStore, db_path: Path, clock: Clock
+) -> None:
+    other = await JobStore.open(db_path, now=clock)
+    try:
+        for interaction_id in range(5):
+            job = await running_job(store, interaction_id=interaction_id)
+            results = await asyncio.gather(
+                store.deliver(job.id, message_id=1, channel_id=2),
+                other.fail(job.id, error="Failed.", detail="race"),
+                other.cancel(job.id),
+                store.cancel(job.id),
+            )
+            assert [r is True or isinstance(r, Job) for r in results].count(True) == 1
+            final = await other.get(job.id)
+            assert final is not None
+            assert final.status in TERMINAL
+    finally:
+        await other.close()
+
+
+# -- queries ------------------------------------------------------------------------------
+
+
+async def test_by_status_is_ordered_by_id(store: JobStore) -> None:
+    ids = [(await store.add(new_job(interaction_id=i))).id for i in range(4)]
+    await store.start(ids[1])
+    await store.start(ids[3])
+    await store.fail(ids[0], error="Failed.", detail="x")
+    assert [j.id for j in await store.by_status("queued")] == [ids[2]]
+    assert [j.id for j in await store.by_status("running", "queued")] == ids[1:]
+    assert [j.id for j in await store.by_status(*TERMINAL)] == [ids[0]]
+    assert await store.by_status() == []
+    with pytest.raises(ValueError, match="unknown job status"):
+        await store.by_status("done")
+
+
+async def test_per_user_queries(store: JobStore, clock: Clock) -> None:
+    assert await store.last_submitted_at(42) is None
+    assert await store.recent_for_user(42) == []
+
+    a = await store.add(new_job(user_id=42, interaction_id=1))
+    clock.advance(minutes=1)
+    b = await store.add(new_job(user_id=42, interaction_id=2))
+    clock.advance(minutes=1)
+    other = await store.add(new_job(user_id=43, interaction_id=3))
+    clock.advance(minutes=1)
+    c = await store.add(new_job(user_id=42, interaction_id=4))
+
+    assert [j.id for j in await store.recent_for_user(42)] == [c.id, b.id, a.id]
+    assert [j.id for j in await store.recent_for_user(42, limit=2)] == [c.id, b.id]
+    assert [j.id for j in await store.recent_for_user(43)] == [other.id]
+    assert await store.last_submitted_at(42) == c.created_at
+    assert await store.active_count_for_user(42) == 3
+
+    await store.start(a.id)
+    await store.deliver(a.id, message_id=1, channel_id=2)
+    assert await store.active_count_for_user(42) == 2
+    assert await store.count_submitted_since(42, START) == 3
+    assert await store.count_submitted_since(42, b.created_at) == 2  # inclusive
+    assert await store.count_submitted_since(42, c.created_at + timedelta(microseconds=1)) == 0
+
+
+async def test_quota_count_skips_only_jobs_cancelled_before_starting(store: JobStore) -> None:
+    cancelled_queued = await store.add(new_job(interaction_id=1))
+    await store.cancel(cancelled_queued.id)
+    cancelled_running = await running_job(store, interaction_id=2)
+    await store.cancel(cancelled_running.id)
+    requeued_then_cancelled = await running_job(store, interaction_id=3)
+    await store.requeue(requeued_then_cancelled.id)
+    await store.cancel(requeued_then_cancelled.id)
+    failed = await store.add(new_job(interaction_id=4))
+    await store.fail(failed.id, error="Failed.", detail="x")
+
+    assert await store.count_submitted_since(42, START) == 3
+    assert await store.last_submitted_at(42) == START
+    assert await store.active_count_for_user(42) == 0
+
+
+async def test_a_closed_store_refuses_calls(db_path: Path) -> None:
+    job_store = await JobStore.open(db_path)
+    await job_store.close()
+    await job_store.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        await job_store.get(1)
+
+
+async def test_store_as_context_manager(db_path: Path) -> None:
+    async with await JobStore.open(db_path) as job_store:
+        job = await job_store.add(new_job())
+    assert read_rows(db_path, "SELECT id, status FROM jobs") == [(job.id, "queued")]
+
+
+@pytest.mark.parametrize("yields", range(8))
+async def test_a_cancelled_call_leaves_no_transaction_open(store: JobStore, yields: int) -> None:
+    job = await running_job(store)
+    task = asyncio.create_task(store.deliver(job.id, message_id=1, channel_id=2))
+    for _ in range(yields):
+        await asyncio.sleep(0)
+    task.cancel()
+    [outcome] = await asyncio.gather(task, return_exceptions=True)
+    after = await store.get(job.id)
+    assert after is not None
+    if outcome is True:
+        assert after.status == "delivered"
+    else:  # cancelled: the transaction either committed whole or not at all
+        assert isinstance(outcome, asyncio.CancelledError)
+        assert after.status in {"running", "delivered"}
+    other = await store.add(new_job(interaction_id=2))
+    assert await store.start(other.id) is not None
