@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
 MIN_POLL_INTERVAL = 0.05
 OUTPUT_LIFETIME = timedelta(hours=1)
-_PERCENT = re.compile(r"(\d{1,3}(?:\.\d+)?)%\|")
+_PERCENT = re.compile(r"(\d{1,3}(?:\.\d+)?)%\|")  # tqdm: " 42%|████▏     | 210/500"
+_COUNTER = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$", re.MULTILINE)  # audiocraft: "  210 /   500"
 _SEED = re.compile(r"Using seed:? (\d+)")
 _TRANSIENT_FAILURE = re.compile(
     r"out of memory|CUDA error|OOM|interrupted|worker (?:died|lost|crashed)|timed? ?out|"
@@ -52,8 +53,13 @@ class PredictionState(BaseModel):
 
     @property
     def percent(self) -> float | None:
-        found = _PERCENT.findall(self.logs or "")
-        return min(float(found[-1]), 100.0) if found else None
+        logs = (self.logs or "").replace("\r", "\n")
+        if found := _PERCENT.findall(logs):
+            return min(float(found[-1]), 100.0)
+        if counters := [(int(a), int(b)) for a, b in _COUNTER.findall(logs) if int(b) > 0]:
+            done, total = counters[-1]
+            return min(100.0 * done / total, 100.0)
+        return None
 
     @property
     def seed(self) -> int | None:

@@ -1,0 +1,49 @@
+"""Shared fixtures: the Replicate fake on loopback and a backend built the way the bot builds it."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+
+import pytest
+from pydantic import SecretStr
+
+from bot.music.replicate import ReplicateBackend
+from bot.music.retry import RetryPolicy
+from tests.fakes.replicate import FakeReplicate
+
+
+@pytest.fixture
+async def replicate_fake() -> AsyncIterator[FakeReplicate]:
+    async with FakeReplicate(start_seconds=0.05, run_seconds=0.3) as fake:
+        yield fake
+
+
+def make_backend(
+    fake: FakeReplicate,
+    *,
+    token: str | None = None,
+    timeout: float = 20.0,
+    max_attempts: int = 3,
+    base_delay: float = 0.01,
+    poll_interval: float = 0.05,
+    max_download_bytes: int = 50 * 1024 * 1024,
+    model: str | None = None,
+) -> ReplicateBackend:
+    return ReplicateBackend(
+        api_token=SecretStr(token or fake.token),
+        model=model or f"{fake.model}:{fake.version}",
+        base_url=fake.base_url,
+        poll_interval=poll_interval,
+        timeout=timeout,
+        retry=RetryPolicy(max_attempts=max_attempts, base_delay=base_delay, rng=random.Random(7)),
+        max_download_bytes=max_download_bytes,
+        http_timeout=5.0,
+    )
+
+
+@pytest.fixture
+async def backend(replicate_fake: FakeReplicate) -> AsyncIterator[ReplicateBackend]:
+    backend = make_backend(replicate_fake)
+    yield backend
+    await backend.aclose()

@@ -1,0 +1,365 @@
+"""Self-tests of the fake Replicate API, driven through the official client where possible."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+from collections.abc import AsyncIterator
+
+import httpx
+import pydantic.v1
+import pytest
+import soundfile as sf
+from replicate.client import Client
+from replicate.exceptions import ReplicateError
+
+from tests.fakes.replicate import (
+    DEFAULT_VERSION,
+    FakeReplicate,
+    HttpFault,
+    Outcome,
+    validate_musicgen_input,
+)
+
+PROMPT = {"prompt": "lofi hip hop with warm keys", "duration": 2}
+
+
+def local_transport() -> httpx.AsyncHTTPTransport:
+    # Plain HTTP to 127.0.0.1: skipping the CA bundle saves ~50 ms per client.
+    return httpx.AsyncHTTPTransport(verify=False)
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeReplicate]:
+    async with FakeReplicate(start_seconds=0.02, run_seconds=0.15) as server:
+        yield server
+
+
+@pytest.fixture
+async def client(fake: FakeReplicate) -> AsyncIterator[Client]:
+    transport = local_transport()
+    api = Client(api_token=fake.token, base_url=fake.base_url, transport=transport)
+    api.poll_interval = 0.01
+    yield api
+    await transport.aclose()
+
+
+@pytest.fixture
+async def http(fake: FakeReplicate) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(
+        base_url=fake.base_url,
+        headers={"Authorization": f"Bearer {fake.token}"},
+        transport=local_transport(),
+    ) as session:
+        yield session
+
+
+async def test_prediction_progresses_and_logs_grow(fake: FakeReplicate, client: Client) -> None:
+    fake.start_seconds = 0.05
+    fake.run_seconds = 0.3
+    prediction = await client.predictions.async_create(
+        version=DEFAULT_VERSION, input={**PROMPT, "seed": 1234}
+    )
+    first_status: str = prediction.status
+    assert first_status == "starting"
+    assert re.fullmatch(r"[a-z0-9]{26}", prediction.id)
+    assert prediction.started_at is None
+    assert prediction.metrics == {}
+
+    seen: list[str] = []
+    log_lengths: list[int] = []
+    while prediction.status not in ("succeeded", "failed", "canceled"):
+        await asyncio.sleep(0.02)
+        await prediction.async_reload()
+        seen.append(prediction.status)
+        if prediction.status == "processing":
+            log_lengths.append(len(prediction.logs or ""))
+    assert "processing" in seen
+    assert seen[-1] == "succeeded"
+    assert log_lengths == sorted(log_lengths)
+    assert log_lengths[-1] > log_lengths[0]
+
+    assert prediction.logs is not None
+    assert "Using seed 1234" in prediction.logs
+    assert re.search(r"^\s*\d+%\|.+\| \d+/100 \[", prediction.logs, re.MULTILINE)
+    progress = prediction.progress
+    assert progress is not None
+    assert (progress.percentage, progress.current, progress.total) == (1.0, 100, 100)
+    assert isinstance(prediction.output, str)
+    assert prediction.output == f"{fake.base_url}/files/{prediction.id}/out.wav"
+    assert prediction.metrics is not None
+    assert prediction.metrics["predict_time"] == pytest.approx(0.3, abs=0.01)
+    assert prediction.completed_at is not None
+    assert prediction.completed_at.endswith("Z")
+
+    stored = fake.predictions[prediction.id]
+    assert stored.status == "succeeded"
+    assert stored.finished_at is not None
+    assert [poll_id for poll_id, _ in fake.polls] == [prediction.id] * len(fake.polls)
+    record = fake.creates[0]
+    assert record.status == 201
+    assert record.path == "/v1/predictions"
+    assert record.body["input"]["seed"] == 1234
+    assert record.headers["Authorization"] == f"Bearer {fake.token}"
+    assert record.prediction_id == prediction.id
+
+
+async def test_output_downloads_as_real_audio(
+    fake: FakeReplicate, client: Client, http: httpx.AsyncClient
+) -> None:
+    stereo = await client.predictions.async_create(version=DEFAULT_VERSION, input=PROMPT)
+    mono_mp3 = await client.predictions.async_create(
+        version=DEFAULT_VERSION,
+        input={**PROMPT, "duration": 1, "model_version": "melody-large", "output_format": "mp3"},
+    )
+    fake.finish(stereo.id)
+    fake.finish(mono_mp3.id)
+    await stereo.async_reload()
+    await mono_mp3.async_reload()
+    wav_url, mp3_url = stereo.output, mono_mp3.output
+    assert isinstance(wav_url, str)
+    assert isinstance(mp3_url, str)
+
+    # Output files need no token.
+    async with httpx.AsyncClient(transport=local_transport()) as public:
+        wav = await public.get(wav_url)
+        mp3 = await public.get(mp3_url)
+    assert wav.status_code == 200
+    assert wav.headers["content-type"] == "audio/wav"
+    data, rate = sf.read(io.BytesIO(wav.content))
+    assert rate == 32000
+    assert data.shape == (2 * 32000, 2)
+    assert 0.01 < abs(data).max() < 1.0
+
+    assert mp3_url.endswith("/out.mp3")
+    assert mp3.headers["content-type"] == "audio/mpeg"
+    info = sf.info(io.BytesIO(mp3.content))
+    assert info.channels == 1
+    assert info.duration == pytest.approx(1.0, abs=0.1)
+    assert fake.downloads == [f"/files/{stereo.id}/out.wav", f"/files/{mono_mp3.id}/out.mp3"]
+
+    fake.fail_downloads(HttpFault.server_error(503))
+    failed = await http.get(wav_url)
+    assert failed.status_code == 503
+    again = await http.get(wav_url)
+    assert again.content == wav.content
+
+
+async def test_bad_token_is_401(fake: FakeReplicate) -> None:
+    transport = local_transport()
+    api = Client(api_token="r8_wrong", base_url=fake.base_url, transport=transport)
+    try:
+        with pytest.raises(ReplicateError) as caught:
+            await api.predictions.async_create(version=DEFAULT_VERSION, input=PROMPT)
+    finally:
+        await transport.aclose()
+    assert caught.value.status == 401
+    assert caught.value.title == "Unauthenticated"
+    assert caught.value.detail == "You did not pass a valid authentication token"
+    assert fake.creates[0].status == 401
+    assert fake.predictions == {}
+
+
+async def test_throttled_create_carries_retry_after(
+    fake: FakeReplicate, client: Client, http: httpx.AsyncClient
+) -> None:
+    fake.fail_creates(HttpFault.throttled(retry_after=2), HttpFault.throttled(retry_after=2))
+    with pytest.raises(ReplicateError) as caught:
+        await client.predictions.async_create(version=DEFAULT_VERSION, input=PROMPT)
+    assert caught.value.status == 429
+    assert "rate limit resets" in (caught.value.detail or "")
+
+    raw = await http.post("/v1/predictions", json={"version": DEFAULT_VERSION, "input": PROMPT})
+    assert raw.status_code == 429
+    assert raw.headers["retry-after"] == "2"
+    assert raw.headers["content-type"].startswith("application/problem+json")
+    assert raw.json()["status"] == 429
+
+    created = await client.predictions.async_create(version=DEFAULT_VERSION, input=PROMPT)
+    assert created.status == "starting"
+    assert [record.status for record in fake.creates] == [429, 429, 201]
+
+
+async def test_invalid_input_is_422_with_invalid_fields(http: httpx.AsyncClient) -> None:
+    bad = {**PROMPT, "model_version": "medium", "duration": "8", "seed": None, "extra": 1}
+    response = await http.post("/v1/predictions", json={"version": DEFAULT_VERSION, "input": bad})
+    assert response.status_code == 422
+    body = response.json()
+    assert body["title"] == "Input validation failed"
+    fields = {item["field"]: item for item in body["invalid_fields"]}
+    assert set(fields) == {"input.model_version", "input.duration", "input.seed"}
+    assert fields["input.model_version"]["type"] == "enum"
+    assert fields["input.model_version"]["description"].startswith(
+        'model_version must be one of the following: "stereo-melody-large"'
+    )
+    assert fields["input.duration"]["description"] == (
+        "Invalid type. Expected: integer, given: string"
+    )
+    assert "- input.model_version: model_version must be one of" in body["detail"]
+
+
+def test_validation_accepts_the_schema_and_ignores_unknown_keys() -> None:
+    good = {
+        "model_version": "melody-large",
+        "prompt": "x",
+        "input_audio": "https://example.com/a.wav",
+        "duration": 8.0,
+        "continuation": False,
+        "continuation_start": 0,
+        "continuation_end": 3,
+        "multi_band_diffusion": True,
+        "normalization_strategy": "peak",
+        "top_k": 250,
+        "top_p": 0,
+        "temperature": 0.7,
+        "classifier_free_guidance": 3,
+        "output_format": "mp3",
+        "seed": 7,
+        "music_gen_model_version": "anything",
+    }
+    assert validate_musicgen_input(good) == []
+    problems = validate_musicgen_input(
+        {"input_audio": "not a uri", "continuation_end": -1, "continuation": 1, "top_p": "0.9"}
+    )
+    assert [p["type"] for p in problems] == ["format", "number_gte", "invalid_type", "invalid_type"]
+
+
+async def test_versions_and_models(
+    fake: FakeReplicate, client: Client, http: httpx.AsyncClient
+) -> None:
+    with pytest.raises(ReplicateError) as caught:
+        await client.predictions.async_create(version="0" * 64, input=PROMPT)
+    assert caught.value.status == 422
+    assert caught.value.title == "Invalid version or not permitted"
+
+    named = await client.predictions.async_create(
+        version=f"meta/musicgen:{DEFAULT_VERSION}", input=PROMPT
+    )
+    assert named.version == DEFAULT_VERSION
+    assert fake.creates[-1].body["version"] == f"meta/musicgen:{DEFAULT_VERSION}"
+
+    via_model = await client.models.predictions.async_create(model="meta/musicgen", input=PROMPT)
+    assert via_model.model == "meta/musicgen"
+    assert fake.creates[-1].path == "/v1/models/meta/musicgen/predictions"
+
+    other = await http.post("/v1/models/someone/else/predictions", json={"input": PROMPT})
+    assert other.status_code == 404
+    missing = await http.get("/v1/predictions/doesnotexist")
+    assert missing.status_code == 404
+    assert missing.json() == {"detail": "Not found.", "status": 404}
+
+
+async def test_cancel(fake: FakeReplicate, client: Client) -> None:
+    fake.run_seconds = None
+    prediction = await client.predictions.async_create(version=DEFAULT_VERSION, input=PROMPT)
+    await prediction.async_cancel()
+    assert prediction.status == "canceled"
+    assert prediction.completed_at is not None
+    assert fake.cancels == [prediction.id]
+    await prediction.async_reload()
+    assert prediction.status == "canceled"
+    assert prediction.output is None
+    with pytest.raises(ReplicateError) as caught:
+        await client.predictions.async_cancel("doesnotexist")
+    assert caught.value.status == 404
+
+
+async def test_outcomes_show_in_get_json(fake: FakeReplicate, http: httpx.AsyncClient) -> None:
+    fake.set_outcomes(
+        Outcome.failed("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        Outcome.aborted(),
+        Outcome.malformed_output(["not-a-url"]),
+        Outcome.no_output(),
+    )
+    ids = []
+    for _ in range(5):
+        created = await http.post(
+            "/v1/predictions", json={"version": DEFAULT_VERSION, "input": PROMPT}
+        )
+        assert created.status_code == 201
+        ids.append(created.json()["id"])
+    for prediction_id in ids:
+        fake.finish(prediction_id)
+    bodies = [(await http.get(f"/v1/predictions/{i}")).json() for i in ids]
+
+    failed, aborted, malformed, empty, default = bodies
+    assert failed["status"] == "failed"
+    assert failed["error"] == "CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert "CUDA out of memory" in failed["logs"]
+    assert aborted["status"] == "aborted"
+    assert aborted["output"] is None
+    assert aborted["error"] is None
+    assert (malformed["status"], malformed["output"]) == ("succeeded", ["not-a-url"])
+    assert (empty["status"], empty["output"]) == ("succeeded", None)
+    assert default["status"] == "succeeded"
+    assert default["output"].endswith("/out.wav")
+    assert set(default) >= {"urls", "metrics", "data_removed", "created_at", "started_at"}
+
+
+async def test_aborted_status_breaks_the_official_client(
+    fake: FakeReplicate, client: Client
+) -> None:
+    fake.set_outcomes(Outcome.aborted())
+    prediction = await client.predictions.async_create(version=DEFAULT_VERSION, input=PROMPT)
+    fake.finish(prediction.id)
+    with pytest.raises(pydantic.v1.ValidationError):
+        await prediction.async_reload()
+
+
+async def test_model_rules_fail_the_prediction(fake: FakeReplicate, client: Client) -> None:
+    prediction = await client.predictions.async_create(
+        version=DEFAULT_VERSION, input={"duration": 2}
+    )
+    await prediction.async_wait()
+    assert prediction.status == "failed"
+    assert prediction.error == "Must provide either prompt or input_audio"
+    assert "ValueError: Must provide either prompt or input_audio" in (prediction.logs or "")
+
+    stereo_mbd = await client.predictions.async_create(
+        version=DEFAULT_VERSION, input={**PROMPT, "multi_band_diffusion": True}
+    )
+    await stereo_mbd.async_wait()
+    assert stereo_mbd.error == "Multi-Band Diffusion is only available with non-stereo models."
+
+
+async def test_poll_faults_and_prefer_wait(
+    fake: FakeReplicate, client: Client, http: httpx.AsyncClient
+) -> None:
+    prediction = await client.predictions.async_create(version=DEFAULT_VERSION, input=PROMPT)
+    fake.fail_polls(HttpFault.disconnect(), HttpFault.payment_required())
+    with pytest.raises(httpx.RemoteProtocolError):
+        await prediction.async_reload()
+    with pytest.raises(ReplicateError) as caught:
+        await prediction.async_reload()
+    assert caught.value.status == 402
+    assert caught.value.title == "Insufficient credit"
+    await prediction.async_reload()
+    assert prediction.status in ("starting", "processing", "succeeded")
+
+    waited = await http.post(
+        "/v1/predictions",
+        json={"version": DEFAULT_VERSION, "input": PROMPT},
+        headers={"Prefer": "wait=5"},
+    )
+    assert waited.status_code == 201
+    assert waited.json()["status"] == "succeeded"
+
+
+async def test_wait_for_prediction_and_remove_data(
+    fake: FakeReplicate, client: Client, http: httpx.AsyncClient
+) -> None:
+    task = asyncio.create_task(fake.wait_for_prediction(timeout=2))
+    await asyncio.sleep(0)
+    created = await client.predictions.async_create(version=DEFAULT_VERSION, input=PROMPT)
+    newest = await task
+    assert newest.id == created.id
+    assert newest.input == PROMPT
+
+    fake.finish(created.id)
+    fake.remove_data(created.id)
+    body = (await http.get(f"/v1/predictions/{created.id}")).json()
+    assert body["data_removed"] is True
+    assert body["output"] is None
+    gone = await http.get(f"/files/{created.id}/out.wav")
+    assert gone.status_code == 404

@@ -1,0 +1,378 @@
+"""The Replicate adapter against the loopback fake, through the real `replicate` client."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import pytest
+import soundfile as sf
+
+from bot.music import errors
+from bot.music.backend import Progress
+from bot.music.replicate import ReplicateBackend
+from bot.music.request import MusicRequest
+from tests.conftest import make_backend
+from tests.fakes.replicate import FakeReplicate, HttpFault, Outcome
+
+
+def request(**fields: object) -> MusicRequest:
+    return MusicRequest.parse({"prompt": "warm lofi beat", "duration": 2, **fields})
+
+
+async def test_success_returns_audio_of_the_requested_length(
+    replicate_fake: FakeReplicate, backend: ReplicateBackend
+) -> None:
+    created: list[str] = []
+    events: list[Progress] = []
+
+    async def on_created(prediction_id: str) -> None:
+        assert not [p for p, _ in replicate_fake.polls if p == prediction_id]  # before any poll
+        created.append(prediction_id)
+
+    async def on_progress(progress: Progress) -> None:
+        events.append(progress)
+
+    track = await backend.generate(
+        request(seed=1234), on_progress=on_progress, on_created=on_created
+    )
+    assert created == [track.prediction_id]
+    info = sf.info(io.BytesIO(track.data))
+    assert info.duration == pytest.approx(2, abs=0.05)
+    assert info.channels == 2
+    assert track.format == "wav" and track.seed == 1234
+    assert track.model_version == "stereo-large"
+    assert track.predict_time is not None and track.predict_time > 0
+    assert track.url_expires_at is not None
+    statuses = {event.status for event in events}
+    assert {"processing", "downloading"} <= statuses
+    assert any(event.percent is not None for event in events)
+    assert len(replicate_fake.creates) == 1
+
+
+async def test_create_body_is_exact_for_the_default_request(
+    replicate_fake: FakeReplicate, backend: ReplicateBackend
+) -> None:
+    await backend.generate(MusicRequest.parse({"prompt": "warm lofi beat"}))
+    assert replicate_fake.creates[0].path == "/v1/predictions"
+    assert replicate_fake.creates[0].body == {
+        "version": replicate_fake.version,
+        "input": {
+            "prompt": "warm lofi beat",
+            "model_version": "stereo-large",
+            "duration": 8,
+            "temperature": 1.0,
+            "top_k": 250,
+            "top_p": 0.0,
+            "classifier_free_guidance": 3,
+            "output_format": "wav",
+            "normalization_strategy": "loudness",
+        },
+    }
+
+
+async def test_create_body_is_exact_with_every_option(
+    replicate_fake: FakeReplicate, backend: ReplicateBackend
+) -> None:
+    full = request(
+        model_version="melody-large",
+        temperature=0.5,
+        top_k=10,
+        top_p=0.95,
+        classifier_free_guidance=7,
+        output_format="mp3",
+        normalization_strategy="rms",
+        seed=99,
+        input_audio="https://cdn.example.com/riff.wav",
+        continuation=True,
+        continuation_start=1,
+        continuation_end=3,
+    )
+    track = await backend.generate(full)
+    assert replicate_fake.creates[0].body["input"] == {
+        "prompt": "warm lofi beat",
+        "model_version": "melody-large",
+        "duration": 2,
+        "temperature": 0.5,
+        "top_k": 10,
+        "top_p": 0.95,
+        "classifier_free_guidance": 7,
+        "output_format": "mp3",
+        "normalization_strategy": "rms",
+        "seed": 99,
+        "input_audio": "https://cdn.example.com/riff.wav",
+        "continuation": True,
+        "continuation_start": 1,
+        "continuation_end": 3,
+    }
+    assert track.format == "mp3"
+    assert sf.info(io.BytesIO(track.data)).channels == 1
+
+
+async def test_model_without_version_uses_the_models_endpoint(
+    replicate_fake: FakeReplicate,
+) -> None:
+    backend = make_backend(replicate_fake, model=replicate_fake.model)
+    try:
+        await backend.generate(request())
+    finally:
+        await backend.aclose()
+    assert replicate_fake.creates[0].path == f"/v1/models/{replicate_fake.model}/predictions"
+    assert "version" not in replicate_fake.creates[0].body
+
+
+@pytest.mark.parametrize(
+    ("fault", "error_type", "phrase"),
+    [
+        (HttpFault.unauthenticated(), errors.AuthenticationError, "REPLICATE_API_TOKEN"),
+        (HttpFault.forbidden(), errors.AuthenticationError, "REPLICATE_API_TOKEN"),
+        (HttpFault.payment_required(), errors.BillingError, "billing"),
+        (HttpFault.not_found(), errors.ModelNotFoundError, "REPLICATE_MODEL"),
+        (HttpFault.invalid_version(), errors.ModelNotFoundError, "REPLICATE_MODEL"),
+        (HttpFault.input_invalid(), errors.InputRejectedError, "rejected"),
+    ],
+)
+async def test_permanent_create_errors_are_not_retried(
+    replicate_fake: FakeReplicate,
+    backend: ReplicateBackend,
+    fault: HttpFault,
+    error_type: type[errors.GenerationError],
+    phrase: str,
+) -> None:
+    replicate_fake.fail_creates(fault, fault, fault)
+    with pytest.raises(error_type) as caught:
+        await backend.generate(request())
+    assert len(replicate_fake.creates) == 1
+    assert phrase in caught.value.user_message
+    assert str(fault.status) in caught.value.detail
+
+
+async def test_a_wrong_token_is_reported_without_leaking_it(
+    replicate_fake: FakeReplicate, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    secret = "r8_wrong_secret_value_123"
+    backend = make_backend(replicate_fake, token=secret)
+    try:
+        with pytest.raises(errors.AuthenticationError) as caught:
+            await backend.generate(request())
+    finally:
+        await backend.aclose()
+    assert len(replicate_fake.creates) == 1
+    text = f"{caught.value.user_message} {caught.value.detail} {caught.value!r}"
+    assert secret not in text
+    assert secret not in caplog.text
+
+
+async def test_429_waits_as_long_as_retry_after_then_succeeds(
+    replicate_fake: FakeReplicate, backend: ReplicateBackend
+) -> None:
+    replicate_fake.fail_creates(HttpFault.throttled(retry_after=1))
+    track = await backend.generate(request())
+    first, second = replicate_fake.creates
+    assert (first.status, second.status) == (429, 201)
+    assert second.at - first.at >= 0.95
+    assert track.prediction_id == second.prediction_id
+
+
+async def test_5xx_twice_then_success(
+    replicate_fake: FakeReplicate, backend: ReplicateBackend
+) -> None:
+    replicate_fake.fail_creates(HttpFault.server_error(502), HttpFault.server_error(503))
+    track = await backend.generate(request())
+    assert [c.status for c in replicate_fake.creates] == [502, 503, 201]
+    assert len(replicate_fake.predictions) == 1 and track.data
+
+
+async def test_5xx_beyond_max_attempts_gives_up(
+    replicate_fake: FakeReplicate, backend: ReplicateBackend
+) -> None:
+    replicate_fake.fail_creates(*[HttpFault.server_error(500)] * 3)
+    with pytest.raises(errors.ServiceUnavailableError) as caught:
+        await backend.generate(request())
+    assert len(replicate_fake.creates) == 3
+    assert "try again" in caught.value.user_message
+
+
+async def test_connection_drop_on_create_is_transient(
+    replicate_fake: FakeReplicate, backend: ReplicateBackend
+) -> None:
+    replicate_fake.fail_creates(HttpFault.disconnect())
+    await backend.generate(request())
+    assert len(replicate_fake.creates) == 2 and len(replicate_fake.predictions) == 1
+
+
+async def test_poll_failures_are_retried_as_polls_with_one_create(
+    replicate_fake: FakeReplicate, backend: ReplicateBackend
+) -> None:
+    replicate_fake.fail_polls(
+        HttpFault.server_error(500), HttpFault.disconnect(), HttpFault.throttled(retry_after=0)
+    )
+    track = await backend.generate(request())
+    assert len(replicate_fake.creates) == 1
+    assert len(replicate_fake.polls) >= 4
+    assert track.data
+
+
+async def test_poll_with_a_revoked_token_fails_at_once(
+    replicate_fake: FakeReplicate, backend: ReplicateBackend
+) -> None:
+    replicate_fake.fail_polls(HttpFault.unauthenticated())
+    with pytest.raises(errors.AuthenticationError):
+        await backend.generate(request())
+    assert len(replicate_fake.creates) == 1
+
+
+async def test_failed_with_a_transient_reason_is_created_again(
+    replicate_fake: FakeReplicate, backend: ReplicateBackend
+) -> None:
+    replicate_fake.set_outcomes(Outcome.failed(), Outcome.succeeded())
+    created: list[str] = []
+
+    async def on_created(prediction_id: str) -> None:
+        created.append(prediction_id)
+
+    track = await backend.generate(request(), on_created=on_created)
+    assert len(replicate_fake.creates) == 2
+    assert created == [c.prediction_id for c in replicate_fake.creates]
+    assert track.prediction_id == created[-1]
+
+
+async def test_failed_with_a_permanent_reason_keeps_the_models_words(
+    replicate_fake: FakeReplicate, backend: ReplicateBackend
+) -> None:
+    reason = "ValueError: Melody conditioning requires a melody model"
+    replicate_fake.set_outcomes(Outcome.failed(reason))
+    with pytest.raises(errors.PredictionFailedError) as caught:
+        await backend.generate(request())
+    assert len(replicate_fake.creates) == 1
+    assert "Melody conditioning requires a melody model" in caught.value.user_message
+
+
+async def test_canceled_prediction(
+    replicate_fake: FakeReplicate, backend: ReplicateBackend
+) -> None:
+    replicate_fake.set_outcomes(Outcome.canceled())
+    with pytest.raises(errors.PredictionCanceledError):
+        await backend.generate(request())
+    assert len(replicate_fake.creates) == 1
+
+
+async def test_aborted_is_understood_and_retried(
+    replicate_fake: FakeReplicate, backend: ReplicateBackend
+) -> None:
+    replicate_fake.set_outcomes(Outcome.aborted(), Outcome.succeeded())
+    track = await backend.generate(request())
+    assert len(replicate_fake.creates) == 2 and track.data
+
+
+async def test_aborted_every_time_gives_up_after_max_attempts(
+    replicate_fake: FakeReplicate, backend: ReplicateBackend
+) -> None:
+    replicate_fake.set_outcomes(*[Outcome.aborted()] * 3)
+    with pytest.raises(errors.TransientPredictionError):
+        await backend.generate(request())
+    assert len(replicate_fake.creates) == 3
+
+
+async def test_deadline_cancels_at_replicate(replicate_fake: FakeReplicate) -> None:
+    replicate_fake.run_seconds = None  # stays processing until finished
+    backend = make_backend(replicate_fake, timeout=0.6)
+    try:
+        with pytest.raises(errors.GenerationTimeoutError) as caught:
+            await backend.generate(request())
+    finally:
+        await backend.aclose()
+    assert replicate_fake.cancels == [replicate_fake.creates[0].prediction_id]
+    assert "took too long" in caught.value.user_message
+
+
+async def test_download_failure_is_retried_then_succeeds(
+    replicate_fake: FakeReplicate, backend: ReplicateBackend
+) -> None:
+    replicate_fake.fail_downloads(HttpFault.server_error(503))
+    track = await backend.generate(request())
+    assert len(replicate_fake.downloads) >= 2 and track.data
+    assert len(replicate_fake.creates) == 1
+
+
+async def test_download_gone_is_an_output_error_without_new_create(
+    replicate_fake: FakeReplicate, backend: ReplicateBackend
+) -> None:
+    replicate_fake.fail_downloads(HttpFault.not_found())
+    with pytest.raises(errors.OutputError):
+        await backend.generate(request())
+    assert len(replicate_fake.creates) == 1
+
+
+async def test_download_over_the_size_cap(replicate_fake: FakeReplicate) -> None:
+    backend = make_backend(replicate_fake, max_download_bytes=1000)
+    try:
+        with pytest.raises(errors.OutputError):
+            await backend.generate(request())
+    finally:
+        await backend.aclose()
+
+
+@pytest.mark.parametrize("outcome", [Outcome.malformed_output(), Outcome.no_output()])
+async def test_malformed_output(
+    replicate_fake: FakeReplicate, backend: ReplicateBackend, outcome: Outcome
+) -> None:
+    replicate_fake.set_outcomes(outcome)
+    with pytest.raises(errors.OutputError):
+        await backend.generate(request())
+    assert len(replicate_fake.creates) == 1
+
+
+async def test_resume_polls_the_same_prediction_and_creates_nothing(
+    replicate_fake: FakeReplicate, backend: ReplicateBackend
+) -> None:
+    replicate_fake.run_seconds = None
+    created: list[str] = []
+
+    async def on_created(prediction_id: str) -> None:
+        created.append(prediction_id)
+        raise RuntimeError("the process dies right after committing the id")
+
+    with pytest.raises(RuntimeError):
+        await backend.generate(request(), on_created=on_created)
+    replicate_fake.finish(created[0])
+    track = await backend.resume(created[0], request())
+    assert track.prediction_id == created[0]
+    assert len(replicate_fake.creates) == 1
+
+
+async def test_cancel_reaches_replicate(
+    replicate_fake: FakeReplicate, backend: ReplicateBackend
+) -> None:
+    replicate_fake.run_seconds = None
+    created: list[str] = []
+
+    async def on_created(prediction_id: str) -> None:
+        created.append(prediction_id)
+        raise RuntimeError("stop here")
+
+    with pytest.raises(RuntimeError):
+        await backend.generate(request(), on_created=on_created)
+    await backend.cancel(created[0])
+    assert replicate_fake.cancels == created
+    assert replicate_fake.predictions[created[0]].status == "canceled"
+
+
+@pytest.mark.parametrize(
+    ("logs", "percent", "seed"),
+    [
+        ("Using seed 42\n 42%|████▏     | 210/500 [00:04<00:06, 48.1it/s]", 42.0, 42),
+        ("Using seed: 7\n     50 /    400\r    100 /    400\r", 25.0, 7),
+        ("loading weights\n", None, None),
+        (None, None, None),
+    ],
+)
+def test_progress_and_seed_come_from_the_logs(
+    logs: str | None, percent: float | None, seed: int | None
+) -> None:
+    from bot.music.replicate import PredictionState
+
+    state = PredictionState(id="x", status="processing", logs=logs)
+    assert state.percent == percent
+    assert state.seed == seed
