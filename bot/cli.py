@@ -14,7 +14,6 @@ from typing import Any
 
 from bot.music.backend import Progress, Track
 from bot.music.errors import GenerationError, InvalidRequestError
-from bot.music.replicate import ReplicateBackend
 from bot.music.request import AudioFormat, ModelVersion, MusicRequest, Normalization
 from bot.naming import track_filename
 from bot.settings import ConfigError, Settings, load_settings
@@ -33,6 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             level=settings.log_level.upper(),
             format="%(asctime)s %(levelname)-8s %(name)s: %(message)s",
         )
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll is noise
         result: int = args.handler(args, settings)
         return result
     except ConfigError as exc:
@@ -147,6 +147,10 @@ def _audio_input(value: str) -> str:
 
 
 async def _make(settings: Settings, request: MusicRequest) -> Track:
+    # Imported here: the replicate package reads REPLICATE_* variables at import time, and
+    # a malformed one must be reported by our settings first, as one line.
+    from bot.music.replicate import ReplicateBackend
+
     backend = ReplicateBackend.from_settings(settings)
     try:
         return await backend.generate(request, on_progress=_show_progress)
