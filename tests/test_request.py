@@ -1,4 +1,4 @@
-"""MusicRequest: every field, every cross-field rule, hostile input, and the exact Replicate body."""
+"""MusicRequest: every field, every cross-field rule, hostile input, the exact Replicate body."""
 
 from __future__ import annotations
 

@@ -887,7 +887,7 @@ class FakeReplicate:
         self.predictions[prediction_id].data_removed = True
         self._audio.pop(prediction_id, None)
 
-    async def wait_for_prediction(self, timeout: float = 5) -> FakePrediction:  # noqa: ASYNC109
+    async def wait_for_prediction(self, timeout: float = 5) -> FakePrediction:
         """Wait until at least one prediction exists; return the newest."""
         if not self.predictions:
             async with asyncio.timeout(timeout):

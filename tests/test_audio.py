@@ -1,0 +1,318 @@
+"""Tests for bot.music.audio: probing, fitting under an upload limit, waveform pictures."""
+
+from __future__ import annotations
+
+import io
+from functools import cache
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numpy.typing import NDArray
+from PIL import Image
+
+from bot.music import audio
+from bot.music.audio import AudioError, AudioInfo, fit_to_limit, probe, waveform_png
+
+# How lossy each output is; the ladder only ever moves right as limits shrink.
+LOSSINESS = {"wav": 0, "flac": 1, "ogg": 2, "mp3": 3}
+
+
+def signal(seconds: float, samplerate: int = 32000, channels: int = 2, seed: int = 0) -> Any:
+    """A chord plus noise, in [-1, 1]: tonal enough to sound like something, noisy enough that
+    no codec squeezes it to nothing."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * samplerate)) / samplerate
+    columns = []
+    for channel in range(channels):
+        tone = sum(0.15 * np.sin(2 * np.pi * f * t + channel) for f in (220.0, 277.2, 329.6))
+        columns.append(tone + 0.05 * rng.standard_normal(t.size))
+    return np.clip(np.stack(columns, axis=1), -1.0, 1.0)
+
+
+def encode(samples: Any, samplerate: int, format: str, subtype: str | None = None) -> bytes:
+    out = io.BytesIO()
+    sf.write(out, samples, samplerate, format=format, subtype=subtype)
+    return out.getvalue()
+
+
+@cache
+def wav(seconds: float = 3.0, samplerate: int = 32000, channels: int = 2) -> bytes:
+    return encode(signal(seconds, samplerate, channels), samplerate, "WAV", "PCM_16")
+
+
+def decode(data: bytes) -> tuple[NDArray[Any], int]:
+    samples, samplerate = sf.read(io.BytesIO(data), always_2d=True, dtype="int16")
+    return samples, int(samplerate)
+
+
+# --- probe ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("format", "subtype", "extension", "channels", "tolerance"),
+    [
+        ("WAV", "PCM_16", "wav", 2, 0.0),
+        ("WAV", "PCM_24", "wav", 1, 0.0),
+        ("FLAC", "PCM_16", "flac", 2, 0.0),
+        ("OGG", "VORBIS", "ogg", 2, 0.01),
+        ("MP3", "MPEG_LAYER_III", "mp3", 2, 0.1),
+        ("MP3", "MPEG_LAYER_III", "mp3", 1, 0.1),
+    ],
+)
+def test_probe_reads_format_rate_channels_and_duration(
+    format: str, subtype: str, extension: str, channels: int, tolerance: float
+) -> None:
+    data = encode(signal(2.5, 32000, channels), 32000, format, subtype)
+
+    info = probe(data)
+
+    assert info.format == extension
+    assert info.samplerate == 32000
+    assert info.channels == channels
+    assert info.duration_seconds == pytest.approx(2.5, abs=tolerance)
+
+
+def test_probe_reads_other_sample_rates() -> None:
+    info = probe(encode(signal(1.0, 48000, 1), 48000, "WAV", "PCM_16"))
+
+    assert info == AudioInfo(format="wav", samplerate=48000, channels=1, frames=48000)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"this is not audio at all " * 40,
+        bytes(range(256)) * 16,
+        b"RIFF\x24\x00\x00\x00WAVEfmt ",  # a WAV header cut short
+        b"<html><body>502 Bad Gateway</body></html>",
+    ],
+    ids=["empty", "text", "binary", "truncated-wav", "html"],
+)
+def test_probe_rejects_what_is_not_audio(data: bytes) -> None:
+    with pytest.raises(AudioError):
+        probe(data)
+
+
+def test_probe_rejects_audio_without_frames() -> None:
+    with pytest.raises(AudioError, match="no frames"):
+        probe(encode(np.zeros((0, 2)), 32000, "WAV", "PCM_16"))
+
+
+# --- fit_to_limit --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("slack", [0, 1, 10_000_000])
+def test_fit_returns_the_original_untouched_when_it_fits(slack: int) -> None:
+    data = wav()
+
+    fitted = fit_to_limit(data, len(data) + slack)
+
+    assert fitted is not None
+    assert fitted.data is data
+    assert (fitted.extension, fitted.description, fitted.transcoded) == ("wav", "WAV", False)
+
+
+def test_fit_describes_an_untouched_ogg_and_mp3() -> None:
+    samples = signal(1.0)
+    ogg = encode(samples, 32000, "OGG", "VORBIS")
+    mp3 = encode(samples, 32000, "MP3", "MPEG_LAYER_III")
+
+    fitted_ogg = fit_to_limit(ogg, len(ogg))
+    fitted_mp3 = fit_to_limit(mp3, len(mp3))
+
+    assert fitted_ogg is not None and fitted_mp3 is not None
+    assert (fitted_ogg.extension, fitted_ogg.description) == ("ogg", "Ogg Vorbis")
+    assert (fitted_mp3.extension, fitted_mp3.description) == ("mp3", "MP3")
+
+
+def test_a_mild_limit_gets_lossless_flac() -> None:
+    data = wav()
+    original, _ = decode(data)
+
+    fitted = fit_to_limit(data, len(data) - 1)
+
+    assert fitted is not None
+    assert (fitted.extension, fitted.description, fitted.transcoded) == ("flac", "FLAC", True)
+    assert len(fitted.data) < len(data)
+    samples, samplerate = decode(fitted.data)
+    assert samplerate == 32000
+    np.testing.assert_array_equal(samples, original)  # lossless, bit for bit
+
+
+def test_flac_keeps_24_bit_sources_whole() -> None:
+    data = encode(signal(2.0, 32000, 1), 32000, "WAV", "PCM_24")
+    original, _ = sf.read(io.BytesIO(data), dtype="int32")
+
+    fitted = fit_to_limit(data, len(data) - 1)
+
+    assert fitted is not None and fitted.extension == "flac"
+    assert sf.info(io.BytesIO(fitted.data)).subtype == "PCM_24"
+    samples, _ = sf.read(io.BytesIO(fitted.data), dtype="int32")
+    np.testing.assert_array_equal(samples, original)
+
+
+@pytest.mark.parametrize(
+    ("fraction", "extension", "description"),
+    [
+        (0.95, "flac", "FLAC"),
+        (0.5, "ogg", "Ogg Vorbis ~"),
+        (0.1, "ogg", "Ogg Vorbis ~"),
+        (0.045, "mp3", "MP3 "),
+    ],
+)
+def test_fit_shrinks_to_the_limit_keeping_duration_and_channels(
+    fraction: float, extension: str, description: str
+) -> None:
+    data = wav()
+    limit = int(len(data) * fraction)
+
+    fitted = fit_to_limit(data, limit)
+
+    assert fitted is not None
+    assert fitted.transcoded
+    assert fitted.extension == extension
+    assert fitted.description.startswith(description)
+    assert len(fitted.data) <= limit
+    info = probe(fitted.data)
+    assert info.format == extension
+    assert (info.samplerate, info.channels) == (32000, 2)
+    samples, _ = decode(fitted.data)  # decodes all the way through, not just the header
+    tolerance = 0.15 if extension == "mp3" else 0.1  # MP3 pads to whole frames
+    assert len(samples) / 32000 == pytest.approx(3.0, abs=tolerance)
+
+
+def test_the_format_gets_lossier_as_the_limit_shrinks() -> None:
+    data = wav(2.0)
+    results = [fit_to_limit(data, int(len(data) * f)) for f in (1.0, 0.9, 0.4, 0.15, 0.05)]
+
+    assert all(result is not None for result in results)
+    fitted = [result for result in results if result is not None]
+    ranks = [LOSSINESS[result.extension] for result in fitted]
+    assert ranks == sorted(ranks)
+    assert ranks[0] == 0 and ranks[-1] == 3
+    sizes = [len(result.data) for result in fitted]
+    assert sizes == sorted(sizes, reverse=True)
+
+
+def test_an_impossible_limit_returns_none() -> None:
+    assert fit_to_limit(wav(10.0), 1000) is None
+    assert fit_to_limit(wav(), 0) is None
+
+
+def test_fit_rejects_what_is_not_audio() -> None:
+    with pytest.raises(AudioError):
+        fit_to_limit(b"definitely not audio" * 100, 10)
+
+
+def test_opus_stands_in_for_vorbis_at_rates_opus_accepts() -> None:
+    data = encode(signal(2.0, 48000, 2), 48000, "WAV", "PCM_16")
+    limit = len(data) // 6
+
+    fitted = fit_to_limit(data, limit)
+
+    assert fitted is not None
+    assert fitted.extension == "ogg" and fitted.description.startswith("Ogg Opus ~")
+    assert len(fitted.data) <= limit
+    info = probe(fitted.data)
+    assert (info.samplerate, info.channels) == (48000, 2)
+    assert info.duration_seconds == pytest.approx(2.0, abs=0.1)
+
+
+def test_an_mp3_that_is_too_big_is_reencoded_smaller() -> None:
+    data = encode(signal(3.0), 32000, "MP3", "MPEG_LAYER_III")
+    limit = len(data) * 2 // 3
+
+    fitted = fit_to_limit(data, limit)
+
+    assert fitted is not None and fitted.transcoded
+    assert fitted.extension in {"ogg", "mp3"}  # FLAC of decoded MP3 is far bigger than the MP3
+    assert len(fitted.data) <= limit
+    assert probe(fitted.data).duration_seconds == pytest.approx(3.0, abs=0.15)
+
+
+def test_rungs_that_clearly_cannot_fit_are_never_encoded_in_full(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = wav(12.0, channels=1)
+    frames = probe(data).frames
+    full_encodes: list[str] = []
+    real_encode = audio._encode
+
+    def counting_encode(pcm: Any, samplerate: int, rung: Any) -> bytes:
+        if len(pcm) == frames:
+            full_encodes.append(rung.name)
+        return real_encode(pcm, samplerate, rung)
+
+    monkeypatch.setattr(audio, "_encode", counting_encode)
+
+    fitted = fit_to_limit(data, len(data) // 8)
+
+    assert fitted is not None and fitted.extension == "ogg"
+    assert len(full_encodes) <= 2, full_encodes  # not FLAC, not every Vorbis level on the way
+
+
+@settings(max_examples=8, deadline=None)
+@given(limit=st.integers(min_value=0, max_value=len(wav(1.0, channels=1)) + 1000))
+def test_a_fit_never_exceeds_the_limit(limit: int) -> None:
+    data = wav(1.0, channels=1)
+
+    fitted = fit_to_limit(data, limit)
+
+    if fitted is None:
+        return
+    assert len(fitted.data) <= limit
+    assert fitted.transcoded == (fitted.data is not data)
+    info = probe(fitted.data)
+    assert (info.samplerate, info.channels) == (32000, 1)
+
+
+# --- waveform_png --------------------------------------------------------------------------
+
+
+def painted(png: bytes) -> int:
+    """How many pixels of the picture are not fully transparent."""
+    with Image.open(io.BytesIO(png)) as image:
+        alpha = np.asarray(image.convert("RGBA"))[:, :, 3]
+    return int(np.count_nonzero(alpha))
+
+
+@pytest.mark.parametrize(("width", "height"), [(800, 160), (300, 48), (1, 1)])
+def test_waveform_is_a_png_of_the_requested_size(width: int, height: int) -> None:
+    png = waveform_png(wav(), width=width, height=height)
+
+    with Image.open(io.BytesIO(png)) as image:
+        assert image.format == "PNG"
+        assert image.size == (width, height)
+        image.load()
+
+
+def test_waveform_of_silence_is_a_flat_line_and_of_a_loud_signal_is_not() -> None:
+    silence = encode(np.zeros((32000, 2)), 32000, "WAV", "PCM_16")
+    loud = wav()
+
+    silent_png = waveform_png(silence)
+    loud_png = waveform_png(loud)
+
+    assert silent_png != loud_png
+    assert painted(silent_png) == 800  # one pixel per column
+    assert painted(loud_png) > 800 * 20
+
+
+def test_waveform_handles_fewer_samples_than_columns_and_compressed_input() -> None:
+    short = encode(signal(0.005), 32000, "WAV", "PCM_16")  # 160 frames for 800 columns
+    mp3 = encode(signal(1.0), 32000, "MP3", "MPEG_LAYER_III")
+
+    assert painted(waveform_png(short)) >= 800
+    assert painted(waveform_png(mp3)) > 800
+
+
+def test_waveform_rejects_bad_input() -> None:
+    with pytest.raises(AudioError):
+        waveform_png(b"")
+    with pytest.raises(ValueError):
+        waveform_png(wav(), width=0)
