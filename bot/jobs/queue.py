@@ -1,4 +1,8 @@
-"""The waiting line: round-robin across users, so one user's ten jobs don't starve a channel."""
+"""The waiting line, fair across users: whoever was served least recently goes next.
+
+So one user's ten jobs don't starve a channel: with users A (three jobs) and B (one, sent
+last) and one slot, the order is A1, B1, A2, A3.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,13 @@ from collections import deque
 
 
 class FairQueue:
-    """Job ids per user; users take turns. Pure bookkeeping, no I/O."""
+    """Job ids per user. Pure bookkeeping, no I/O."""
 
     def __init__(self) -> None:
         self._per_user: dict[int, deque[int]] = {}
-        self._turns: deque[int] = deque()  # users with waiting jobs, in the order they get served
         self._owner: dict[int, int] = {}
+        self._last_served: dict[int, int] = {}
+        self._tick = 0
 
     def __len__(self) -> int:
         return len(self._owner)
@@ -20,24 +25,21 @@ class FairQueue:
         return job_id in self._owner
 
     def push(self, user_id: int, job_id: int) -> None:
-        if user_id not in self._per_user:
-            self._per_user[user_id] = deque()
-            self._turns.append(user_id)
-        self._per_user[user_id].append(job_id)
+        self._per_user.setdefault(user_id, deque()).append(job_id)
         self._owner[job_id] = user_id
 
     def pop(self) -> int | None:
-        """The next job id: the first waiting job of the user whose turn it is."""
-        if not self._turns:
+        """The next job: the first waiting job of the user served least recently."""
+        if not self._per_user:
             return None
-        user_id = self._turns.popleft()
+        user_id = min(self._per_user, key=self._turn_key)
         jobs = self._per_user[user_id]
         job_id = jobs.popleft()
-        if jobs:
-            self._turns.append(user_id)
-        else:
+        if not jobs:
             del self._per_user[user_id]
         del self._owner[job_id]
+        self._tick += 1
+        self._last_served[user_id] = self._tick
         return job_id
 
     def remove(self, job_id: int) -> bool:
@@ -48,12 +50,15 @@ class FairQueue:
         jobs.remove(job_id)
         if not jobs:
             del self._per_user[user_id]
-            self._turns.remove(user_id)
         return True
 
     def order(self) -> list[int]:
-        """Every waiting job id in the order `pop` would return them."""
-        users = list(self._turns)
+        """Every waiting job id in the order `pop` will return them (barring new arrivals).
+
+        Users take turns in the order of their turn keys, and keep that order in later
+        rounds, since each is served once per round.
+        """
+        users = sorted(self._per_user, key=self._turn_key)
         rounds = max((len(self._per_user[u]) for u in users), default=0)
         return [
             self._per_user[user][index]
@@ -65,3 +70,6 @@ class FairQueue:
     def positions(self) -> dict[int, int]:
         """job id → 1-based place in line."""
         return {job_id: place for place, job_id in enumerate(self.order(), start=1)}
+
+    def _turn_key(self, user_id: int) -> tuple[int, int]:
+        return self._last_served.get(user_id, 0), self._per_user[user_id][0]

@@ -1,0 +1,1 @@
+"""The Discord front: slash commands, progress messages and delivery (discord.py glue)."""

@@ -1,0 +1,179 @@
+"""The bot: one factory (`create_bot`) used by `jambot run`, `jambot sync` and the tests."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+import discord
+import yarl
+from discord import app_commands
+from discord.ext import commands
+
+from bot.chat.delivery import DiscordJobEvents
+from bot.chat.jam_commands import JamCommands
+from bot.chat.music_command import build_music_command
+from bot.jobs.limits import Limits
+from bot.jobs.scheduler import Scheduler
+from bot.jobs.store import JobStore
+from bot.music.backend import MusicBackend
+from bot.music.errors import GenerationError
+from bot.music.replicate import ReplicateBackend
+from bot.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_SECONDS = 8.0
+
+
+class JamTree(app_commands.CommandTree["JamBot"]):
+    """The one place where an exception from a command becomes a sentence for the user."""
+
+    async def on_error(
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
+        original = getattr(error, "original", error)
+        if isinstance(original, GenerationError):
+            text = original.user_message
+        elif isinstance(
+            error, app_commands.TransformerError | app_commands.CommandSignatureMismatch
+        ):
+            text = "That command's options didn't make sense; please check them and try again."
+        else:
+            log.error("command failed", exc_info=original)
+            text = "Something went wrong on the bot's side; the owner can find it in the logs."
+        try:
+            if interaction.response.is_done():
+                await interaction.edit_original_response(content=f"⚠️ {text}")
+            else:
+                await interaction.response.send_message(f"⚠️ {text}", ephemeral=True)
+        except discord.HTTPException:
+            log.warning("could not report a command error to the user")
+
+
+class JamBot(commands.Bot):
+    store: JobStore
+    backend: MusicBackend
+    limits: Limits
+    scheduler: Scheduler
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=discord.Intents.default(),
+            allowed_mentions=discord.AllowedMentions.none(),
+            tree_cls=JamTree,
+            help_command=None,
+        )
+        self.settings = settings
+        self.events = DiscordJobEvents(self)
+        self.tree.add_command(build_music_command(self))
+        self.tree.add_command(JamCommands(self))
+
+    async def setup_hook(self) -> None:
+        """Open what the bot needs before it takes commands, and resume unfinished jobs."""
+        settings = self.settings
+        self.store = await JobStore.open(settings.database_path)
+        self.backend = ReplicateBackend.from_settings(settings)
+        self.limits = Limits(
+            self.store,
+            cooldown_seconds=settings.user_cooldown_seconds,
+            daily_quota=settings.daily_quota_per_user,
+            max_queued_per_user=settings.max_queued_per_user,
+        )
+        self.scheduler = Scheduler(
+            self.store,
+            self.backend,
+            self.events,
+            self.limits,
+            max_concurrent=settings.max_concurrent_generations,
+            cost_per_second=settings.replicate_cost_per_second,
+        )
+        await self.scheduler.start()
+        log.info("jambot ready to take /music (database %s)", settings.database_path)
+
+    async def close(self) -> None:
+        if hasattr(self, "scheduler"):
+            await self.scheduler.close()
+        if hasattr(self, "backend"):
+            await self.backend.aclose()
+        if hasattr(self, "store"):
+            await self.store.close()
+        await super().close()
+
+
+def point_discord_py_at(settings: Settings) -> None:
+    """Aim discord.py's REST routes and gateway at the configured URLs (Discord by default)."""
+    discord.http.Route.BASE = settings.discord_api_base_url.rstrip("/")
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
+
+
+def create_bot(settings: Settings) -> JamBot:
+    point_discord_py_at(settings)
+    return JamBot(settings)
+
+
+def run_bot(settings: Settings) -> int:
+    settings.require("DISCORD_TOKEN", "REPLICATE_API_TOKEN")
+    return asyncio.run(_serve(settings))
+
+
+async def _serve(settings: Settings) -> int:
+    assert settings.discord_token is not None
+    bot = create_bot(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with bot:
+        runner = asyncio.create_task(bot.start(settings.discord_token.get_secret_value()))
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if stop.is_set():
+            log.info("stopping: jobs in flight stay recorded and resume on the next start")
+        try:
+            await asyncio.wait_for(bot.close(), SHUTDOWN_GRACE_SECONDS)
+        except TimeoutError:
+            log.warning("shutdown took longer than %.0fs; exiting anyway", SHUTDOWN_GRACE_SECONDS)
+        stopper.cancel()
+        if runner.done() and not runner.cancelled() and runner.exception() is not None:
+            return _explain_start_failure(runner.exception())
+        runner.cancel()
+    return 0
+
+
+def _explain_start_failure(exc: BaseException | None) -> int:
+    if isinstance(exc, discord.LoginFailure):
+        print("jambot: Discord rejected DISCORD_TOKEN: see .env.example.", file=sys.stderr)
+        return 2
+    if isinstance(exc, GenerationError):
+        print(f"jambot: {exc.user_message}", file=sys.stderr)
+        return 1
+    log.error("the bot stopped", exc_info=exc)
+    return 1
+
+
+def sync_commands(settings: Settings, guild_id: int | None = None) -> int:
+    """Register the slash commands once (guild: instant; global: up to an hour to appear)."""
+    settings.require("DISCORD_TOKEN")
+    return asyncio.run(_sync(settings, guild_id))
+
+
+async def _sync(settings: Settings, guild_id: int | None) -> int:
+    assert settings.discord_token is not None
+    bot = create_bot(settings)
+    async with bot:
+        try:
+            await bot.login(settings.discord_token.get_secret_value())
+        except discord.LoginFailure:
+            print("jambot: Discord rejected DISCORD_TOKEN: see .env.example.", file=sys.stderr)
+            return 2
+        guild = discord.Object(guild_id) if guild_id is not None else None
+        if guild is not None:
+            bot.tree.copy_global_to(guild=guild)
+        synced = await bot.tree.sync(guild=guild)
+        where = f"guild {guild_id}" if guild_id is not None else "all guilds (global)"
+        print(f"Registered {len(synced)} commands in {where}: {', '.join(c.name for c in synced)}")
+    return 0

@@ -1,0 +1,210 @@
+"""Progress and result messages for jobs, and the fallback when an interaction token is dead.
+
+Edits go to the original reply through the interaction's webhook while its token lives (15
+minutes); after that, or when Discord says the token is invalid, the result is posted in the
+channel with the bot token, mentioning only the requester.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import discord
+
+from bot.chat import render
+from bot.jobs.scheduler import Delivery, DeliveryError, load_request
+from bot.jobs.store import Job
+from bot.music.audio import fit_to_limit
+from bot.music.backend import Progress, Track
+from bot.music.errors import GenerationError
+from bot.naming import track_filename
+
+log = logging.getLogger(__name__)
+
+PROGRESS_EDIT_INTERVAL = 2.0
+TOKEN_MARGIN = timedelta(seconds=30)
+DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
+DEAD_TOKEN = {(401, 50027), (404, 10015)}
+MAX_SHRINKS = 3
+
+
+class TokenDead(Exception):
+    """The interaction token can no longer edit the reply."""
+
+
+class DiscordJobEvents:
+    """The scheduler's view of Discord: shows queue places and progress, delivers results."""
+
+    def __init__(self, bot: discord.Client) -> None:
+        self._bot = bot
+        self._live: dict[int, discord.Interaction] = {}
+        self._last_edit: dict[int, float] = {}
+        self._locks: dict[int, asyncio.Lock] = {}
+        self._done: set[int] = set()
+
+    def attach(self, job_id: int, interaction: discord.Interaction) -> None:
+        """Remember the live interaction of a job submitted by this process."""
+        self._live[job_id] = interaction
+
+    # -- JobEvents ----------------------------------------------------------------------------
+
+    async def on_queued(self, job: Job, position: int) -> None:
+        await self._status(job, render.queued_text(position), throttle=False)
+
+    async def on_progress(self, job: Job, progress: Progress) -> None:
+        await self._status(job, render.progress_text(progress), throttle=True)
+
+    async def on_failed(self, job: Job, error: GenerationError) -> None:
+        await self._final(job, content=render.failure_text(error.user_message))
+
+    async def on_cancelled(self, job: Job) -> None:
+        await self._final(job, content="✖️ Cancelled — nothing was generated or delivered.")
+
+    async def on_finished(self, job: Job, track: Track, *, resumed: bool) -> Delivery:
+        if resumed and (earlier := await self._already_delivered(job)) is not None:
+            log.info("job %d: already delivered by an earlier run", job.id)
+            return earlier
+        request = load_request(job)
+        filename_prompt = request.prompt
+        limit = self._upload_limit(job)
+        for _ in range(MAX_SHRINKS):
+            fitted = await asyncio.to_thread(fit_to_limit, track.data, limit)
+            if fitted is None:
+                break
+            embed = render.track_embed(request, track, fitted.description)
+            name = track_filename(filename_prompt, track.seed, fitted.extension)
+            try:
+                return await self._final(job, embed=embed, file=(name, fitted.data))
+            except discord.HTTPException as exc:
+                if exc.status != 413:
+                    raise DeliveryError(f"Discord answered {exc.status} ({exc.code})") from exc
+                log.info("job %d: %d bytes refused (413); shrinking", job.id, len(fitted.data))
+                limit = int(len(fitted.data) * 0.8)
+        return await self._final(job, content=render.too_large_text(track))
+
+    # -- editing --------------------------------------------------------------------------------
+
+    async def _status(self, job: Job, text: str, *, throttle: bool) -> None:
+        """A progress edit: throttled, skipped once the job is done or its token is dead."""
+        loop = asyncio.get_running_loop()
+        if job.id in self._done or self._token_expired(job):
+            return
+        if throttle and loop.time() - self._last_edit.get(job.id, -1e9) < PROGRESS_EDIT_INTERVAL:
+            return
+        self._last_edit[job.id] = loop.time()
+        async with self._lock(job.id):
+            if job.id in self._done:
+                return
+            try:
+                await self._edit(job, content=text)
+            except (TokenDead, discord.HTTPException) as exc:
+                log.info("job %d: progress edit skipped: %s", job.id, exc)
+
+    async def _final(
+        self,
+        job: Job,
+        *,
+        content: str | None = None,
+        embed: discord.Embed | None = None,
+        file: tuple[str, bytes] | None = None,
+    ) -> Delivery:
+        """The one last message of a job: the reply edited, or a channel post if that fails."""
+        async with self._lock(job.id):
+            self._done.add(job.id)
+            try:
+                if not self._token_expired(job):
+                    return await self._edit(job, content=content or "", embed=embed, file=file)
+            except TokenDead as exc:
+                log.info("job %d: interaction token dead (%s); posting in channel", job.id, exc)
+            finally:
+                self._forget(job.id)
+            return await self._post_in_channel(job, content=content, embed=embed, file=file)
+
+    async def _edit(
+        self,
+        job: Job,
+        *,
+        content: str | None = None,
+        embed: discord.Embed | None = None,
+        file: tuple[str, bytes] | None = None,
+    ) -> Delivery:
+        fields: dict[str, Any] = {"content": content, "embed": embed}
+        if file is not None:
+            fields["attachments"] = [discord.File(io.BytesIO(file[1]), filename=file[0])]
+        message: discord.Message
+        try:
+            interaction = self._live.get(job.id)
+            if interaction is not None:
+                message = await interaction.edit_original_response(**fields)
+            elif job.message_id is not None:
+                webhook = discord.Webhook.partial(job.application_id, job.token, client=self._bot)
+                message = await webhook.edit_message(job.message_id, **fields)
+            else:
+                raise TokenDead("no placeholder message to edit")
+        except discord.HTTPException as exc:
+            if (exc.status, exc.code) in DEAD_TOKEN:
+                raise TokenDead(f"{exc.status}/{exc.code}") from exc
+            raise
+        return Delivery(message_id=message.id, channel_id=message.channel.id)
+
+    async def _post_in_channel(
+        self,
+        job: Job,
+        *,
+        content: str | None,
+        embed: discord.Embed | None,
+        file: tuple[str, bytes] | None,
+    ) -> Delivery:
+        channel = self._bot.get_partial_messageable(job.channel_id)
+        mention = f"<@{job.user_id}> "
+        text = render.clip(mention + (content or "here's your track."), render.CONTENT_LIMIT)
+        files = [discord.File(io.BytesIO(file[1]), filename=file[0])] if file else []
+        try:
+            message = await channel.send(
+                content=text,
+                embed=embed or discord.utils.MISSING,
+                files=files,
+                allowed_mentions=discord.AllowedMentions(users=[discord.Object(job.user_id)]),
+            )
+        except discord.HTTPException as exc:
+            if exc.status == 413:
+                raise  # the caller shrinks the file and tries again
+            raise DeliveryError(f"channel post answered {exc.status} ({exc.code})") from exc
+        return Delivery(message_id=message.id, channel_id=message.channel.id)
+
+    async def _already_delivered(self, job: Job) -> Delivery | None:
+        """After a restart: does the reply already carry a track? Then don't post it again."""
+        if job.message_id is None or self._token_expired(job):
+            return None
+        webhook = discord.Webhook.partial(job.application_id, job.token, client=self._bot)
+        try:
+            message = await webhook.fetch_message(job.message_id)
+        except discord.HTTPException:
+            return None
+        if not message.attachments:
+            return None
+        return Delivery(message_id=message.id, channel_id=message.channel.id)
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _upload_limit(self, job: Job) -> int:
+        interaction = self._live.get(job.id)
+        if interaction is not None:
+            return interaction.filesize_limit
+        guild = self._bot.get_guild(job.guild_id) if job.guild_id else None
+        return guild.filesize_limit if guild is not None else DEFAULT_UPLOAD_LIMIT
+
+    @staticmethod
+    def _token_expired(job: Job) -> bool:
+        return datetime.now(UTC) >= job.token_expires_at - TOKEN_MARGIN
+
+    def _lock(self, job_id: int) -> asyncio.Lock:
+        return self._locks.setdefault(job_id, asyncio.Lock())
+
+    def _forget(self, job_id: int) -> None:
+        self._live.pop(job_id, None)
+        self._last_edit.pop(job_id, None)

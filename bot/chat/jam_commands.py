@@ -1,0 +1,81 @@
+"""/jam history | queue | quota | cancel — everything besides /music, answered privately."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+
+from bot.chat import render
+from bot.jobs.store import Job
+
+if TYPE_CHECKING:
+    from bot.chat.app import JamBot
+
+
+class JamCommands(app_commands.Group):
+    def __init__(self, bot: JamBot) -> None:
+        super().__init__(name="jam", description="Your tracks, the queue and your quota")
+        self.bot = bot
+
+    @app_commands.command(name="history", description="Your last 10 tracks")
+    async def history(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        jobs = await self.bot.store.recent_for_user(interaction.user.id, limit=10)
+        if not jobs:
+            await interaction.followup.send("You haven't made any tracks yet: try `/music`.")
+            return
+        lines = [render.history_line(job, _link(job)) for job in jobs]
+        await interaction.followup.send(render.clip("\n".join(lines), render.CONTENT_LIMIT))
+
+    @app_commands.command(name="queue", description="What's waiting, and your place in line")
+    async def queue(self, interaction: discord.Interaction) -> None:
+        scheduler = self.bot.scheduler
+        waiting = scheduler.waiting()
+        mine = [
+            f"`#{job.id}` is **{render.ordinal(place)}** in line"
+            for place, job in enumerate(waiting, start=1)
+            if job.user_id == interaction.user.id
+        ]
+        summary = f"{scheduler.running_count} generating, {len(waiting)} waiting."
+        text = summary + ("\n" + "\n".join(mine) if mine else "\nNone of them are yours.")
+        await interaction.response.send_message(render.clip(text, 2000), ephemeral=True)
+
+    @app_commands.command(name="quota", description="How many tracks you have left today")
+    async def quota(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        used, quota, reset_at = await self.bot.limits.remaining_today(interaction.user.id)
+        if quota == 0:
+            text = f"No daily limit here. You've made {used} track(s) today."
+        else:
+            left = max(quota - used, 0)
+            text = (
+                f"You have **{left}** of {quota} tracks left today; "
+                f"the quota resets {render.reset_text(reset_at)}."
+            )
+        await interaction.followup.send(text)
+
+    @app_commands.command(name="cancel", description="Cancel one of your waiting or running tracks")
+    @app_commands.describe(job="The job number, as shown by /jam queue or /jam history")
+    async def cancel(self, interaction: discord.Interaction, job: int) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        found = await self.bot.store.get(job)
+        if found is None or found.user_id != interaction.user.id:
+            await interaction.followup.send(f"You have no job #{job}.")
+            return
+        before = await self.bot.scheduler.cancel(job)
+        if before is None:
+            await interaction.followup.send(f"Job #{job} has already finished.")
+            return
+        await interaction.followup.send(f"Cancelled job #{job}.")
+
+
+def _link(job: Job) -> str | None:
+    if job.delivered_message_id is None or job.delivered_channel_id is None:
+        return None
+    guild = job.guild_id if job.guild_id is not None else "@me"
+    return (
+        f"https://discord.com/channels/{guild}/{job.delivered_channel_id}/"
+        f"{job.delivered_message_id}"
+    )

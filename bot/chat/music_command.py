@@ -1,0 +1,149 @@
+"""/music: options → MusicRequest → the scheduler. A top-level command with no subcommands.
+
+(No `from __future__ import annotations` here: discord.py reads the parameter annotations,
+and the duration range comes from settings at run time.)
+"""
+
+import logging
+from typing import TYPE_CHECKING, Any, Literal
+
+import discord
+from discord import app_commands
+
+from bot.jobs.limits import Refusal
+from bot.jobs.store import NewJob
+from bot.music.errors import InvalidRequestError
+from bot.music.request import (
+    MAX_GUIDANCE,
+    MAX_PROMPT_LENGTH,
+    MAX_SEED,
+    MAX_TEMPERATURE,
+    MAX_TOP_K,
+    MusicRequest,
+)
+
+if TYPE_CHECKING:
+    from bot.chat.app import JamBot
+
+log = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".ogg", ".oga", ".m4a", ".aac", ".opus")
+MAX_AUDIO_BYTES = 25 * 1024 * 1024
+
+ModelName = Literal["stereo-melody-large", "stereo-large", "melody-large", "large"]
+FormatName = Literal["wav", "mp3"]
+NormalizationName = Literal["loudness", "clip", "peak", "rms"]
+
+
+def build_music_command(bot: "JamBot") -> app_commands.Command[Any, Any, None]:
+    max_duration = bot.settings.max_duration_seconds
+
+    @app_commands.command(name="music", description="Make a track with MusicGen from a prompt")
+    @app_commands.describe(
+        prompt="What the music should sound like, e.g. 'warm lofi beat with vinyl crackle'",
+        duration=f"Length in seconds (1-{max_duration}, default 8)",
+        model="MusicGen model (default stereo-large; melody models can follow `audio`)",
+        temperature="Randomness of sampling (default 1.0)",
+        top_k="Sample from the k most likely tokens (default 250)",
+        top_p="Nucleus sampling; 0 uses top_k instead (default 0)",
+        guidance="Classifier-free guidance: how closely to follow the prompt (default 3)",
+        output_format="File format MusicGen returns (default wav)",
+        normalization="Loudness normalization strategy (default loudness)",
+        seed="Fix the seed to reproduce a track (default random)",
+        audio="A melody to follow, or a clip to continue (with continuation)",
+        continuation="Continue the attached audio instead of following its melody",
+    )
+    async def music(
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, MAX_PROMPT_LENGTH],
+        duration: app_commands.Range[int, 1, max_duration] = 8,
+        model: ModelName = "stereo-large",
+        temperature: app_commands.Range[float, 0.01, MAX_TEMPERATURE] = 1.0,
+        top_k: app_commands.Range[int, 0, MAX_TOP_K] = 250,
+        top_p: app_commands.Range[float, 0.0, 1.0] = 0.0,
+        guidance: app_commands.Range[int, 0, MAX_GUIDANCE] = 3,
+        output_format: FormatName = "wav",
+        normalization: NormalizationName = "loudness",
+        seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
+        audio: discord.Attachment | None = None,
+        continuation: bool = False,
+    ) -> None:
+        answer = await interaction.response.defer(thinking=True)  # first, before any other I/O
+        options: dict[str, Any] = {
+            "prompt": prompt,
+            "duration": duration,
+            "model_version": model,
+            "temperature": temperature,
+            "top_k": top_k,
+            "top_p": top_p,
+            "classifier_free_guidance": guidance,
+            "output_format": output_format,
+            "normalization_strategy": normalization,
+            "continuation": continuation,
+        }
+        if seed is not None:
+            options["seed"] = seed
+        placeholder = answer.message_id if answer is not None else None
+        await submit_music(bot, interaction, options, audio, placeholder)
+
+    return music
+
+
+async def submit_music(
+    bot: "JamBot",
+    interaction: discord.Interaction,
+    options: dict[str, Any],
+    audio: discord.Attachment | None,
+    placeholder_id: int | None,
+) -> None:
+    """Validate, check limits, enqueue; every refusal is one sentence and costs nothing."""
+    try:
+        if audio is not None:
+            options["input_audio"] = _audio_url(audio)
+        request = MusicRequest.parse(options, max_duration=bot.settings.max_duration_seconds)
+    except InvalidRequestError as exc:
+        log.info("rejected /music from user %d: %s", interaction.user.id, exc.user_message)
+        await interaction.edit_original_response(content=f"⚠️ {exc.user_message}")
+        return
+    result = await bot.scheduler.submit(_new_job(interaction, request, placeholder_id))
+    if isinstance(result, Refusal):
+        await _refuse(interaction, result)
+        return
+    job, position = result
+    bot.events.attach(job.id, interaction)
+    if bot.scheduler.position(job.id) is not None:
+        await bot.events.on_queued(job, position)
+
+
+def _audio_url(audio: discord.Attachment) -> str:
+    content_type = (audio.content_type or "").split(";")[0]
+    if not content_type.startswith("audio/") and not audio.filename.lower().endswith(
+        AUDIO_EXTENSIONS
+    ):
+        raise InvalidRequestError("audio must be an audio file (wav, mp3, flac, ogg…).")
+    if audio.size > MAX_AUDIO_BYTES:
+        raise InvalidRequestError("audio must be at most 25 MB.")
+    return audio.url
+
+
+def _new_job(
+    interaction: discord.Interaction, request: MusicRequest, placeholder_id: int | None
+) -> NewJob:
+    assert interaction.channel_id is not None
+    return NewJob(
+        guild_id=interaction.guild_id,
+        channel_id=interaction.channel_id,
+        user_id=interaction.user.id,
+        interaction_id=interaction.id,
+        application_id=interaction.application_id,
+        token=interaction.token,
+        token_expires_at=interaction.expires_at,
+        request_json=request.model_dump_json(),
+        message_id=placeholder_id,
+    )
+
+
+async def _refuse(interaction: discord.Interaction, refusal: Refusal) -> None:
+    """Limits answer privately: the public placeholder goes, an ephemeral sentence stays."""
+    await interaction.delete_original_response()
+    await interaction.followup.send(f"⏱️ {refusal.message}", ephemeral=True)

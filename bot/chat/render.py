@@ -1,0 +1,106 @@
+"""Pure builders for what users read: escaped, within Discord's limits, no I/O."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import discord
+
+from bot.jobs.scheduler import load_request
+from bot.jobs.store import Job
+from bot.music.backend import Progress, Track
+from bot.music.request import MusicRequest
+
+CONTENT_LIMIT = 2000
+TITLE_LIMIT = 256
+DESCRIPTION_LIMIT = 4096
+ACCENT = discord.Colour(0x8E5CF7)
+
+
+def clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def escape(text: str) -> str:
+    """User text made inert: no markdown, no mentions (the client also pings nobody)."""
+    text = discord.utils.escape_markdown(text)
+    return discord.utils.escape_mentions(text)
+
+
+def ordinal(number: int) -> str:
+    if 10 <= number % 100 <= 20:
+        suffix = "th"
+    else:
+        suffix = {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    return f"{number}{suffix}"
+
+
+def queued_text(position: int) -> str:
+    if position <= 1:
+        return "⏳ Next in line — your track starts as soon as a slot frees up."
+    return f"⏳ Waiting in line: **{ordinal(position)}** in line."
+
+
+def progress_text(progress: Progress) -> str:
+    elapsed = f"{progress.elapsed:.0f}s"
+    if progress.status == "starting":
+        return f"🎛️ Warming up the model… {elapsed} (a cold GPU can take a minute or two)"
+    if progress.status == "downloading":
+        return "📥 Finishing up: fetching your track…"
+    parts = ["🎶 Generating"]
+    if progress.percent is not None:
+        parts.append(f"{progress.percent:.0f}%")
+    parts.append(f"{elapsed} elapsed")
+    if progress.eta is not None:
+        parts.append(f"about {progress.eta:.0f}s left")
+    return " · ".join(parts)
+
+
+def failure_text(user_message: str) -> str:
+    return clip(f"⚠️ {user_message}", CONTENT_LIMIT)
+
+
+def track_embed(request: MusicRequest, track: Track, note: str | None = None) -> discord.Embed:
+    embed = discord.Embed(
+        title=clip(escape(request.prompt), TITLE_LIMIT),
+        colour=ACCENT,
+    )
+    embed.add_field(name="Duration", value=f"{request.duration}s")
+    embed.add_field(name="Model", value=request.model_version.value)
+    embed.add_field(name="Seed", value=str(track.seed) if track.seed is not None else "random")
+    embed.add_field(name="Format", value=note or track.format.upper())
+    generation = f"{track.elapsed:.1f}s"
+    if track.predict_time is not None:
+        generation += f" ({track.predict_time:.1f}s on GPU)"
+    embed.add_field(name="Made in", value=generation)
+    embed.set_footer(text="MusicGen on Replicate · reuse the seed to get this track again")
+    return embed
+
+
+def too_large_text(track: Track) -> str:
+    expiry = ""
+    if track.url_expires_at is not None:
+        expiry = f" (the link expires {discord.utils.format_dt(track.url_expires_at, 'R')})"
+    return (
+        "🎵 Your track is ready, but it's too large to upload here even compressed. "
+        f"Download it from Replicate{expiry}: {track.output_url}"
+    )
+
+
+def history_line(job: Job, link: str | None) -> str:
+    prompt = clip(escape(_prompt_of(job)), 60)
+    when = discord.utils.format_dt(job.created_at, "R")
+    status = {"delivered": "✅", "failed": "⚠️", "cancelled": "✖️"}.get(job.status, "⏳")
+    where = f" — [open]({link})" if link else ""
+    return f"{status} `#{job.id}` {prompt} · {when}{where}"
+
+
+def _prompt_of(job: Job) -> str:
+    try:
+        return load_request(job).prompt
+    except ValueError:
+        return "?"
+
+
+def reset_text(reset_at: datetime) -> str:
+    return discord.utils.format_dt(reset_at, "R")

@@ -1,0 +1,261 @@
+"""/music end to end: the real bot, discord.py and replicate client against the loopback fakes."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.replicate import HttpFault, Outcome
+from tests.harness import audio_seconds, harness, to_options, wait_for
+
+
+async def test_happy_path_defers_then_edits_original_with_playable_audio(tmp_path: Path) -> None:
+    async with harness(tmp_path) as h:
+        interaction = await h.music(prompt="warm lofi beat", duration=3, seed=77)
+        final = await h.final_reply(interaction)
+        calls = h.discord.calls_for(interaction)
+        assert calls[0].path.startswith(f"/interactions/{interaction.id}/")
+        assert calls[0].json["type"] == 5  # deferred "thinking" placeholder, first
+        assert final.path.endswith("/messages/@original")
+        ((name, data, _type),) = final.files
+        assert name == "warm-lofi-beat-seed77.wav"
+        assert audio_seconds(data) == pytest.approx(3, abs=0.05)
+        embed = final.json["embeds"][0]
+        assert embed["title"] == "warm lofi beat"
+        fields = {f["name"]: f["value"] for f in embed["fields"]}
+        assert fields["Seed"] == "77" and fields["Duration"] == "3s"
+        assert fields["Model"] == "stereo-large" and fields["Format"] == "WAV"
+        job = await h.job_for(interaction)
+        assert job.status == "delivered" and job.prediction_id is not None
+        assert len(h.replicate.creates) == 1
+
+
+async def test_every_option_reaches_replicate_under_the_models_names(tmp_path: Path) -> None:
+    async with harness(tmp_path) as h:
+        interaction = await h.discord.send_interaction(
+            "music",
+            to_options(
+                {
+                    "prompt": "glitchy ambient",
+                    "duration": 2,
+                    "model": "stereo-melody-large",
+                    "temperature": 0.8,
+                    "top_k": 50,
+                    "top_p": 0.5,
+                    "guidance": 6,
+                    "output_format": "mp3",
+                    "normalization": "peak",
+                    "seed": 5,
+                }
+            ),
+            attachments={"audio": ("riff.wav", b"RIFF....WAVEfmt ")},
+        )
+        final = await h.final_reply(interaction)
+        body = h.replicate.creates[0].body["input"]
+        audio_url = body.pop("input_audio")
+        assert audio_url.startswith(h.discord.base_url + "/attachments/")
+        assert body == {
+            "prompt": "glitchy ambient",
+            "model_version": "stereo-melody-large",
+            "duration": 2,
+            "temperature": 0.8,
+            "top_k": 50,
+            "top_p": 0.5,
+            "classifier_free_guidance": 6,
+            "output_format": "mp3",
+            "normalization_strategy": "peak",
+            "seed": 5,
+            "continuation": False,
+        }
+        assert final.files[0][0].endswith(".mp3")
+
+
+async def test_continuation_option_is_sent(tmp_path: Path) -> None:
+    async with harness(tmp_path) as h:
+        interaction = await h.discord.send_interaction(
+            "music",
+            to_options({"prompt": "keep going", "duration": 2, "continuation": True}),
+            attachments={"audio": ("clip.wav", b"RIFF....WAVEfmt ")},
+        )
+        await h.final_reply(interaction)
+        body = h.replicate.creates[0].body["input"]
+        assert body["continuation"] is True and body["model_version"] == "stereo-large"
+
+
+async def test_mentions_in_the_prompt_ping_nobody(tmp_path: Path) -> None:
+    async with harness(tmp_path) as h:
+        prompt = "@everyone @here <@&1234> <@5678> party anthem"
+        interaction = await h.music(prompt=prompt, duration=1)
+        await h.final_reply(interaction)
+        for call in h.discord.calls_for(interaction):
+            if call.method in {"PATCH", "POST"} and isinstance(call.json, dict):
+                mentions = call.json.get("allowed_mentions")
+                if "data" in call.json:
+                    mentions = call.json["data"].get("allowed_mentions", mentions)
+                assert mentions is None or mentions.get("parse") == [], call.json
+        message = h.discord.messages[interaction.message_id]
+        title = message.embeds[0]["title"]
+        assert "@everyone" not in title.replace("@\u200beveryone", "")
+        assert message.allowed_mentions == {"parse": []}
+
+
+@pytest.mark.parametrize(
+    ("options", "sentence"),
+    [
+        ({"prompt": "x", "duration": -5}, "duration must be between 1 and 30 seconds."),
+        ({"prompt": "x", "duration": 100000}, "duration must be between 1 and 30 seconds."),
+        ({"prompt": "x", "top_p": 2.0}, "top_p must be between 0 and 1."),
+        ({"prompt": "x" * 5000}, "prompt must be at most 1000 characters long."),
+        ({"prompt": ""}, "prompt can't be empty"),
+        ({"prompt": "x", "model": "small"}, "model must be one of"),
+        ({"prompt": "x", "continuation": True}, "continuation needs an audio clip"),
+    ],
+)
+async def test_crafted_out_of_range_options_cost_nothing(
+    tmp_path: Path, options: dict[str, object], sentence: str
+) -> None:
+    async with harness(tmp_path) as h:
+        interaction = await h.music(**options)
+        final = await h.final_reply(interaction)
+        assert final.json["content"].startswith("⚠️ " + sentence)
+        assert h.discord.calls_for(interaction)[0].json["type"] == 5
+        await asyncio.sleep(0.2)
+        assert h.replicate.creates == []
+
+
+@pytest.mark.parametrize(
+    ("fault", "outcome", "phrase"),
+    [
+        (HttpFault.unauthenticated(), None, "REPLICATE_API_TOKEN"),
+        (HttpFault.payment_required(), None, "out of credit"),
+        (HttpFault.not_found(), None, "REPLICATE_MODEL"),
+        (HttpFault.input_invalid(), None, "rejected the request's settings"),
+        (None, Outcome.failed("ValueError: bad melody"), "The model couldn't make this track"),
+        (None, Outcome.canceled(), "cancelled"),
+        (None, Outcome.malformed_output(), "couldn't be fetched"),
+    ],
+)
+async def test_each_error_class_ends_as_a_clear_message(
+    tmp_path: Path, fault: HttpFault | None, outcome: Outcome | None, phrase: str
+) -> None:
+    async with harness(tmp_path) as h:
+        if fault is not None:
+            h.replicate.fail_creates(fault)
+        if outcome is not None:
+            h.replicate.set_outcomes(outcome)
+        interaction = await h.music(prompt="doomed", duration=1)
+        final = await h.final_reply(interaction)
+        content = final.json["content"]
+        assert content.startswith("⚠️ ") and phrase in content
+        assert h.replicate.token not in content
+        assert len(h.replicate.creates) == 1
+        assert (await h.job_for(interaction)).status == "failed"
+
+
+async def test_transient_errors_are_retried_then_delivered(tmp_path: Path) -> None:
+    async with harness(tmp_path) as h:
+        h.replicate.fail_creates(HttpFault.server_error(503), HttpFault.throttled(retry_after=0))
+        interaction = await h.music(prompt="retry me", duration=1)
+        final = await h.final_reply(interaction)
+        assert final.files and len(h.replicate.creates) == 3
+
+
+async def test_oversized_output_is_transcoded_to_fit(tmp_path: Path) -> None:
+    async with harness(tmp_path) as h:
+        limit = 300_000  # a 10 s stereo WAV is ~1.28 MB
+        interaction = await h.discord.send_interaction(
+            "music",
+            to_options({"prompt": "long jam", "duration": 10}),
+            attachment_size_limit=limit,
+        )
+        final = await h.final_reply(interaction)
+        ((name, data, _type),) = final.files
+        assert len(data) <= limit
+        assert not name.endswith(".wav")
+        assert audio_seconds(data) == pytest.approx(10, abs=0.2)
+
+
+async def test_a_413_from_discord_shrinks_the_file_and_tries_again(tmp_path: Path) -> None:
+    async with harness(tmp_path) as h:
+        h.discord.fail_next(
+            "PATCH",
+            r"/messages/@original$",
+            413,
+            {"message": "Request entity too large", "code": 40005},
+        )
+        # the progress edits could take the fault: make them impossible by finishing at once
+        h.replicate.start_seconds = 0.0
+        interaction = await h.music(prompt="big", duration=4)
+        final = await wait_for(
+            lambda: [c for c in h.discord.calls_for(interaction) if c.files and c.status == 200],
+            20,
+        )
+        sizes = [len(c.files[0][1]) for c in h.discord.calls_for(interaction) if c.files]
+        assert len(sizes) >= 1
+        assert final[-1].files[0][0].rsplit(".", 1)[-1] in {"wav", "flac", "ogg", "mp3"}
+
+
+async def test_expired_token_delivers_in_the_channel_mentioning_only_the_requester(
+    tmp_path: Path,
+) -> None:
+    async with harness(tmp_path) as h:
+        old = datetime.now(UTC) - timedelta(minutes=14, seconds=50)
+        interaction = await h.discord.send_interaction(
+            "music", to_options({"prompt": "late track", "duration": 1}), created_at=old
+        )
+        post = await h.discord.wait_for_call(
+            lambda c: c.method == "POST" and c.path == f"/channels/{h.discord.channel_id}/messages",
+            20,
+        )
+        assert post.status == 200
+        assert post.json["content"].startswith(f"<@{interaction.user_id}>")
+        users = [str(u) for u in post.json["allowed_mentions"]["users"]]
+        assert users == [str(interaction.user_id)]
+        assert post.json["allowed_mentions"].get("parse", []) == []
+        assert post.files and audio_seconds(post.files[0][1]) == pytest.approx(1, abs=0.05)
+        job = await h.job_for(interaction)
+        await wait_for(lambda: h.bot.store.get(job.id), 5)
+        assert (await h.bot.store.get(job.id)).status == "delivered"  # type: ignore[union-attr]
+
+
+async def test_token_rejected_by_discord_falls_back_to_the_channel(tmp_path: Path) -> None:
+    async with harness(tmp_path) as h:
+        h.replicate.run_seconds = 0.6
+        interaction = await h.music(prompt="token dies", duration=1)
+        await h.discord.wait_for_call(lambda c: c.json and c.json.get("type") == 5)
+        h.discord.expire_token(interaction.token)
+        post = await h.discord.wait_for_call(
+            lambda c: c.method == "POST" and c.path.startswith("/channels/"), 20
+        )
+        assert post.files and post.json["content"].startswith(f"<@{interaction.user_id}>")
+
+
+async def test_two_interactions_at_once_both_complete(tmp_path: Path) -> None:
+    async with harness(tmp_path) as h:
+        first, second = await asyncio.gather(
+            h.music(prompt="first", duration=1, user_id=111),
+            h.music(prompt="second", duration=2, user_id=222),
+        )
+        one, two = await asyncio.gather(h.final_reply(first), h.final_reply(second))
+        assert audio_seconds(one.files[0][1]) == pytest.approx(1, abs=0.05)
+        assert audio_seconds(two.files[0][1]) == pytest.approx(2, abs=0.05)
+        assert len(h.replicate.creates) == 2
+
+
+async def test_progress_is_shown_and_throttled(tmp_path: Path) -> None:
+    async with harness(tmp_path) as h:
+        h.replicate.run_seconds = 4.5
+        interaction = await h.music(prompt="slow burn", duration=1)
+        await h.final_reply(interaction)
+        edits = [
+            c
+            for c in h.discord.calls_for(interaction)
+            if c.method == "PATCH" and not c.files and "Generating" in str(c.json)
+        ]
+        assert edits, "no progress shown"
+        times = [c.at for c in edits]
+        assert all(b - a >= 1.9 for a, b in itertools.pairwise(times))
