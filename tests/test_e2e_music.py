@@ -21,10 +21,12 @@ async def test_happy_path_defers_then_edits_original_with_playable_audio(tmp_pat
         assert calls[0].path.startswith(f"/interactions/{interaction.id}/")
         assert calls[0].json["type"] == 5  # deferred "thinking" placeholder, first
         assert final.path.endswith("/messages/@original")
-        ((name, data, _type),) = final.files
+        (name, data, _type), (picture, png, _) = final.files
         assert name == "warm-lofi-beat-seed77.wav"
         assert audio_seconds(data) == pytest.approx(3, abs=0.05)
+        assert picture == "waveform.png" and png.startswith(b"\x89PNG")
         embed = final.json["embeds"][0]
+        assert embed["image"]["url"] == "attachment://waveform.png"
         assert embed["title"] == "warm lofi beat"
         fields = {f["name"]: f["value"] for f in embed["fields"]}
         assert fields["Seed"] == "77" and fields["Duration"] == "3s"
@@ -173,30 +175,45 @@ async def test_oversized_output_is_transcoded_to_fit(tmp_path: Path) -> None:
             attachment_size_limit=limit,
         )
         final = await h.final_reply(interaction)
-        ((name, data, _type),) = final.files
-        assert len(data) <= limit
+        (name, data, _type), (_, png, _) = final.files
+        assert len(data) + len(png) <= limit
         assert not name.endswith(".wav")
         assert audio_seconds(data) == pytest.approx(10, abs=0.2)
 
 
 async def test_a_413_from_discord_shrinks_the_file_and_tries_again(tmp_path: Path) -> None:
     async with harness(tmp_path) as h:
-        h.discord.fail_next(
-            "PATCH",
-            r"/messages/@original$",
-            413,
-            {"message": "Request entity too large", "code": 40005},
+        interaction = await h.music(prompt="big", duration=4)  # ~0.5 MB of WAV
+        # Discord's real limit turns out lower than the one the interaction announced
+        # (say the server just lost its boost): the upload is refused with 413 / 40005.
+        interaction.attachment_size_limit = 400_000
+        await h.job_for(interaction)
+        uploads = [c for c in h.discord.calls_for(interaction) if c.files]
+        assert uploads[0].status == 413
+        assert uploads[-1].status == 200
+        sent = [sum(len(f[1]) for f in c.files) for c in uploads]
+        assert sent[-1] <= 400_000 < sent[0]
+        assert sent == sorted(sent, reverse=True)
+        audio = uploads[-1].files[0]
+        assert audio[0].endswith((".flac", ".ogg", ".mp3"))
+        assert audio_seconds(audio[1]) == pytest.approx(4, abs=0.1)
+        assert (await h.job_for(interaction)).status == "delivered"
+
+
+async def test_nothing_fits_gives_the_link_and_its_expiry(tmp_path: Path) -> None:
+    async with harness(tmp_path) as h:
+        interaction = await h.discord.send_interaction(
+            "music",
+            to_options({"prompt": "huge", "duration": 5}),
+            attachment_size_limit=2_000,
         )
-        # the progress edits could take the fault: make them impossible by finishing at once
-        h.replicate.start_seconds = 0.0
-        interaction = await h.music(prompt="big", duration=4)
-        final = await wait_for(
-            lambda: [c for c in h.discord.calls_for(interaction) if c.files and c.status == 200],
-            20,
-        )
-        sizes = [len(c.files[0][1]) for c in h.discord.calls_for(interaction) if c.files]
-        assert len(sizes) >= 1
-        assert final[-1].files[0][0].rsplit(".", 1)[-1] in {"wav", "flac", "ogg", "mp3"}
+        job = await h.job_for(interaction)
+        last = [c for c in h.discord.calls_for(interaction) if c.method == "PATCH"][-1]
+        content = last.json["content"]
+        assert "too large to upload" in content
+        assert f"{h.replicate.base_url}/files/{job.prediction_id}/out.wav" in content
+        assert "the link expires <t:" in content
+        assert not last.files and job.status == "delivered"
 
 
 async def test_expired_token_delivers_in_the_channel_mentioning_only_the_requester(

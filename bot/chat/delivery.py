@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,7 +19,7 @@ import discord
 from bot.chat import render
 from bot.jobs.scheduler import Delivery, DeliveryError, load_request
 from bot.jobs.store import Job
-from bot.music.audio import fit_to_limit
+from bot.music.audio import AudioError, fit_to_limit, waveform_png
 from bot.music.backend import Progress, Track
 from bot.music.errors import GenerationError
 from bot.naming import track_filename
@@ -30,6 +31,9 @@ TOKEN_MARGIN = timedelta(seconds=30)
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
 DEAD_TOKEN = {(401, 50027), (404, 10015)}
 MAX_SHRINKS = 3
+WAVEFORM_NAME = "waveform.png"
+
+Files = Sequence[tuple[str, bytes]]  # (filename, contents)
 
 
 class TokenDead(Exception):
@@ -69,16 +73,19 @@ class DiscordJobEvents:
             log.info("job %d: already delivered by an earlier run", job.id)
             return earlier
         request = load_request(job)
-        filename_prompt = request.prompt
-        limit = self._upload_limit(job)
+        picture = await _waveform(track.data)
+        limit = self._upload_limit(job) - len(picture)
         for _ in range(MAX_SHRINKS):
             fitted = await asyncio.to_thread(fit_to_limit, track.data, limit)
             if fitted is None:
                 break
             embed = render.track_embed(request, track, fitted.description)
-            name = track_filename(filename_prompt, track.seed, fitted.extension)
+            files = [(track_filename(request.prompt, track.seed, fitted.extension), fitted.data)]
+            if picture:
+                embed.set_image(url=f"attachment://{WAVEFORM_NAME}")
+                files.append((WAVEFORM_NAME, picture))
             try:
-                return await self._final(job, embed=embed, file=(name, fitted.data))
+                return await self._final(job, embed=embed, files=files)
             except discord.HTTPException as exc:
                 if exc.status != 413:
                     raise DeliveryError(f"Discord answered {exc.status} ({exc.code})") from exc
@@ -110,19 +117,19 @@ class DiscordJobEvents:
         *,
         content: str | None = None,
         embed: discord.Embed | None = None,
-        file: tuple[str, bytes] | None = None,
+        files: Files = (),
     ) -> Delivery:
         """The one last message of a job: the reply edited, or a channel post if that fails."""
         async with self._lock(job.id):
             self._done.add(job.id)
             try:
                 if not self._token_expired(job):
-                    return await self._edit(job, content=content or "", embed=embed, file=file)
+                    return await self._edit(job, content=content or "", embed=embed, files=files)
             except TokenDead as exc:
                 log.info("job %d: interaction token dead (%s); posting in channel", job.id, exc)
             finally:
                 self._forget(job.id)
-            return await self._post_in_channel(job, content=content, embed=embed, file=file)
+            return await self._post_in_channel(job, content=content, embed=embed, files=files)
 
     async def _edit(
         self,
@@ -130,11 +137,11 @@ class DiscordJobEvents:
         *,
         content: str | None = None,
         embed: discord.Embed | None = None,
-        file: tuple[str, bytes] | None = None,
+        files: Files = (),
     ) -> Delivery:
         fields: dict[str, Any] = {"content": content, "embed": embed}
-        if file is not None:
-            fields["attachments"] = [discord.File(io.BytesIO(file[1]), filename=file[0])]
+        if files:
+            fields["attachments"] = _discord_files(files)
         message: discord.Message
         try:
             interaction = self._live.get(job.id)
@@ -157,17 +164,16 @@ class DiscordJobEvents:
         *,
         content: str | None,
         embed: discord.Embed | None,
-        file: tuple[str, bytes] | None,
+        files: Files,
     ) -> Delivery:
         channel = self._bot.get_partial_messageable(job.channel_id)
         mention = f"<@{job.user_id}> "
         text = render.clip(mention + (content or "here's your track."), render.CONTENT_LIMIT)
-        files = [discord.File(io.BytesIO(file[1]), filename=file[0])] if file else []
         try:
             message = await channel.send(
                 content=text,
                 embed=embed or discord.utils.MISSING,
-                files=files,
+                files=_discord_files(files),
                 allowed_mentions=discord.AllowedMentions(users=[discord.Object(job.user_id)]),
             )
         except discord.HTTPException as exc:
@@ -208,3 +214,16 @@ class DiscordJobEvents:
     def _forget(self, job_id: int) -> None:
         self._live.pop(job_id, None)
         self._last_edit.pop(job_id, None)
+
+
+def _discord_files(files: Files) -> list[discord.File]:
+    return [discord.File(io.BytesIO(data), filename=name) for name, data in files]
+
+
+async def _waveform(data: bytes) -> bytes:
+    """The track's waveform picture for the card, or nothing if the audio can't be drawn."""
+    try:
+        return await asyncio.to_thread(waveform_png, data)
+    except AudioError as exc:
+        log.info("no waveform: %s", exc)
+        return b""

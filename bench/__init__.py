@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print figures for docs/benchmarks.md (run `python -m bench.NAME`)."""
