@@ -59,7 +59,7 @@ class JamBot(commands.Bot):
     limits: Limits
     scheduler: Scheduler
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, serve: bool = True) -> None:
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=discord.Intents.default(),
@@ -68,12 +68,15 @@ class JamBot(commands.Bot):
             help_command=None,
         )
         self.settings = settings
+        self.serve = serve  # False: only the command definitions, for `jambot sync`
         self.events = DiscordJobEvents(self)
         self.tree.add_command(build_music_command(self))
         self.tree.add_command(JamCommands(self))
 
     async def setup_hook(self) -> None:
         """Open what the bot needs before it takes commands, and resume unfinished jobs."""
+        if not self.serve:
+            return
         settings = self.settings
         self.store = await JobStore.open(settings.database_path)
         self.backend = ReplicateBackend.from_settings(settings)
@@ -110,9 +113,12 @@ def point_discord_py_at(settings: Settings) -> None:
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
 
 
-def create_bot(settings: Settings) -> JamBot:
+def create_bot(settings: Settings, *, serve: bool = True) -> JamBot:
     point_discord_py_at(settings)
-    return JamBot(settings)
+    # jambot never joins voice: don't warn at every start that voice libraries are missing
+    discord.VoiceClient.warn_nacl = False
+    discord.VoiceClient.warn_dave = False
+    return JamBot(settings, serve=serve)
 
 
 def run_bot(settings: Settings) -> int:
@@ -163,7 +169,7 @@ def sync_commands(settings: Settings, guild_id: int | None = None) -> int:
 
 async def _sync(settings: Settings, guild_id: int | None) -> int:
     assert settings.discord_token is not None
-    bot = create_bot(settings)
+    bot = create_bot(settings, serve=False)
     async with bot:
         try:
             await bot.login(settings.discord_token.get_secret_value())

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -76,7 +76,6 @@ class Scheduler:
         *,
         max_concurrent: int,
         cost_per_second: float,
-        clock: Callable[[], float] | None = None,
     ) -> None:
         self._store = store
         self._backend = backend
