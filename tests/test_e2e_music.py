@@ -276,3 +276,22 @@ async def test_progress_is_shown_and_throttled(tmp_path: Path) -> None:
         assert edits, "no progress shown"
         times = [c.at for c in edits]
         assert all(b - a >= 1.9 for a, b in itertools.pairwise(times))
+
+
+async def test_a_refused_upload_ends_with_a_sentence_not_silence(tmp_path: Path) -> None:
+    async with harness(tmp_path) as h:
+        h.discord.fail_next(
+            "PATCH",
+            r"/messages/",
+            400,
+            {"message": "Invalid Form Body", "code": 50035, "errors": {}},
+            when=lambda call: bool(call.files),
+        )
+        interaction = await h.music(prompt="refused", duration=1)
+        job = await h.job_for(interaction)
+        assert job.status == "failed"
+        edits = [c for c in h.discord.calls_for(interaction) if c.method == "PATCH"]
+        assert edits[-2].files and edits[-2].status == 400
+        assert edits[-1].json["content"] == (
+            "⚠️ The track was made, but Discord refused to post it."
+        )

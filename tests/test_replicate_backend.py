@@ -376,3 +376,19 @@ def test_progress_and_seed_come_from_the_logs(
     state = PredictionState(id="x", status="processing", logs=logs)
     assert state.percent == percent
     assert state.seed == seed
+
+
+async def test_resume_of_a_vanished_prediction_says_so(backend: ReplicateBackend) -> None:
+    with pytest.raises(errors.OutputError) as caught:
+        await backend.resume("gone0000000000000000000000", request())
+    assert "no longer has this generation" in caught.value.user_message
+
+
+async def test_resume_after_replicate_removed_the_output(
+    replicate_fake: FakeReplicate, backend: ReplicateBackend
+) -> None:
+    track = await backend.generate(request())
+    replicate_fake.remove_data(track.prediction_id)  # what Replicate does after an hour
+    with pytest.raises(errors.OutputError):
+        await backend.resume(track.prediction_id, request())
+    assert len(replicate_fake.creates) == 1

@@ -46,7 +46,7 @@ class DiscordJobEvents:
     def __init__(self, bot: discord.Client) -> None:
         self._bot = bot
         self._live: dict[int, discord.Interaction] = {}
-        self._last_edit: dict[int, float] = {}
+        self._last_edit: dict[int, tuple[float, str]] = {}  # job → (when, which stage)
         self._locks: dict[int, asyncio.Lock] = {}
         self._done: set[int] = set()
 
@@ -57,10 +57,10 @@ class DiscordJobEvents:
     # -- JobEvents ----------------------------------------------------------------------------
 
     async def on_queued(self, job: Job, position: int) -> None:
-        await self._status(job, render.queued_text(position), throttle=False)
+        await self._status(job, render.queued_text(position), stage=f"queued {position}")
 
     async def on_progress(self, job: Job, progress: Progress) -> None:
-        await self._status(job, render.progress_text(progress), throttle=True)
+        await self._status(job, render.progress_text(progress), stage=progress.status)
 
     async def on_failed(self, job: Job, error: GenerationError) -> None:
         await self._final(job, content=render.failure_text(error.user_message))
@@ -95,14 +95,19 @@ class DiscordJobEvents:
 
     # -- editing --------------------------------------------------------------------------------
 
-    async def _status(self, job: Job, text: str, *, throttle: bool) -> None:
-        """A progress edit: throttled, skipped once the job is done or its token is dead."""
-        loop = asyncio.get_running_loop()
+    async def _status(self, job: Job, text: str, *, stage: str) -> None:
+        """A progress edit, skipped once the job is done or its token is dead.
+
+        A new stage (queued → starting → processing → downloading) shows at once; updates
+        within one stage come at most every PROGRESS_EDIT_INTERVAL seconds.
+        """
+        now = asyncio.get_running_loop().time()
         if job.id in self._done or self._token_expired(job):
             return
-        if throttle and loop.time() - self._last_edit.get(job.id, -1e9) < PROGRESS_EDIT_INTERVAL:
+        last_time, last_stage = self._last_edit.get(job.id, (-1e9, ""))
+        if stage == last_stage and now - last_time < PROGRESS_EDIT_INTERVAL:
             return
-        self._last_edit[job.id] = loop.time()
+        self._last_edit[job.id] = (now, stage)
         async with self._lock(job.id):
             if job.id in self._done:
                 return

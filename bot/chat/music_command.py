@@ -111,7 +111,7 @@ async def submit_music(
         return
     job, position = result
     bot.events.attach(job.id, interaction)
-    if bot.scheduler.position(job.id) is not None:
+    if position > 0:  # 0: a free slot starts it at once, and progress will show instead
         await bot.events.on_queued(job, position)
 
 

@@ -20,7 +20,7 @@ from bot.jobs.limits import Limits, Refusal
 from bot.jobs.queue import FairQueue
 from bot.jobs.store import Job, JobStore, NewJob
 from bot.music.backend import MusicBackend, Progress, Track
-from bot.music.errors import GenerationError
+from bot.music.errors import GenerationError, OutputError
 from bot.music.request import ABSOLUTE_MAX_DURATION, MusicRequest
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,10 @@ class Scheduler:
     # -- the API the front end uses ---------------------------------------------------------
 
     async def submit(self, new_job: NewJob) -> tuple[Job, int] | Refusal:
-        """Check the user's limits and enqueue. Returns (job, place in line) or the refusal."""
+        """Check the user's limits and enqueue. Returns (job, place in line) or the refusal.
+
+        The place is 0 when a free slot starts the job right away.
+        """
         if self._closing:
             return Refusal("queue", None, "The bot is restarting; please try again in a minute.")
         async with self._submit_lock:  # check-then-add must not interleave for one user
@@ -129,6 +132,8 @@ class Scheduler:
                 return refusal
             job = await self._store.add(new_job)
         position = self._enqueue(job)
+        if len(self._running) + len(self._queue) <= self._max_concurrent:
+            position = 0
         log.info("job %d: queued for user %d at place %d", job.id, job.user_id, position)
         self._wakeup.set()
         return job, position
@@ -227,7 +232,8 @@ class Scheduler:
         request = load_request(job)
 
         async def progress(event: Progress) -> None:
-            await self._events.on_progress(job, event)
+            # in the background: a slow chat edit must never delay polling or the download
+            self._spawn(self._events.on_progress(job, event))
 
         if prediction:
             return await self._backend.resume(prediction[0], request, on_progress=progress)
@@ -256,7 +262,8 @@ class Scheduler:
             where = await self._events.on_finished(current, track, resumed=resumed)
         except DeliveryError as exc:
             log.warning("job %d: delivery failed: %s", job.id, exc)
-            await self._store.fail(job.id, error="The track couldn't be posted.", detail=str(exc))
+            error = OutputError("The track was made, but Discord refused to post it.", str(exc))
+            await self._fail(job, error)
             return
         await self._store.deliver(job.id, message_id=where.message_id, channel_id=where.channel_id)
         log.info(

@@ -216,6 +216,11 @@ class ReplicateBackend:
     async def _poll(self, prediction_id: str) -> PredictionState:
         try:
             response = await self._client._async_request("GET", f"/v1/predictions/{prediction_id}")
+        except errors.ModelNotFoundError as exc:  # a 404 here is about the prediction
+            raise errors.OutputError(
+                "Replicate no longer has this generation, so the track can't be fetched.",
+                f"prediction {prediction_id}: {exc.detail}",
+            ) from exc
         except (httpx.HTTPError, ReplicateError) as exc:
             raise _translate(exc, polling=True) from exc
         return PredictionState.model_validate(response.json())

@@ -80,6 +80,14 @@ class _Fault:
     status: int
     body: dict[str, Any]
     headers: dict[str, str]
+    when: Callable[[RestCall], bool] | None = None
+
+    def matches(self, call: RestCall) -> bool:
+        return (
+            self.method == call.method
+            and self.path.search(call.path) is not None
+            and (self.when is None or self.when(call))
+        )
 
 
 class FakeDiscord:
@@ -283,14 +291,18 @@ class FakeDiscord:
         status: int,
         body: dict[str, Any],
         headers: dict[str, str] | None = None,
+        *,
+        when: Callable[[RestCall], bool] | None = None,
     ) -> None:
         """Answer the next request whose method matches and whose path (without ``/api/v10``)
         matches ``path_regex`` (``re.search``) with this status, body and headers, once.
+        ``when`` narrows it further (e.g. only a request that uploads files).
 
         The request is recorded and validated but has no other effect. For a 429 that
         discord.py retries, give ``{"Via": "1.1 google"}`` and a body with ``retry_after``
         and ``global``; without ``Via`` it takes the 429 for a Cloudflare ban and raises."""
-        fault = _Fault(method.upper(), re.compile(path_regex), status, body, dict(headers or {}))
+        pattern = re.compile(path_regex)
+        fault = _Fault(method.upper(), pattern, status, body, dict(headers or {}), when)
         self._faults.append(fault)
 
     # ------------------------------------------------------------------ interactions
@@ -522,9 +534,7 @@ class FakeDiscord:
         call.files = [(u.filename, u.data, u.content_type) for u in uploads]
         self._validate(request.method, path, body)
 
-        fault = next(
-            (f for f in self._faults if f.method == request.method and f.path.search(path)), None
-        )
+        fault = next((f for f in self._faults if f.matches(call)), None)
         if fault is not None:
             self._faults.remove(fault)
             answer = Answer(fault.status, fault.body, fault.headers)
