@@ -89,8 +89,9 @@ class DiscordJobEvents:
             except discord.HTTPException as exc:
                 if exc.status != 413:
                     raise DeliveryError(f"Discord answered {exc.status} ({exc.code})") from exc
-                log.info("job %d: %d bytes refused (413); shrinking", job.id, len(fitted.data))
-                limit = int(len(fitted.data) * 0.8)
+                sent = len(fitted.data) + len(picture)
+                log.info("job %d: %d bytes refused (413); shrinking", job.id, sent)
+                limit = int(sent * 0.8) - len(picture)
         return await self._final(job, content=render.too_large_text(track))
 
     # -- editing --------------------------------------------------------------------------------
