@@ -12,21 +12,7 @@ from hypothesis import strategies as st
 
 from bot.jobs import JobStore, Limits, NewJob, Refusal, format_duration
 from bot.jobs.limits import next_utc_midnight
-
-START = datetime(2025, 3, 14, 20, 48, 0, tzinfo=UTC)
-
-
-class Clock:
-    """A settable clock shared by the store and the limits."""
-
-    def __init__(self, start: datetime = START) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
+from tests.clock import START, Clock
 
 
 @pytest.fixture

@@ -14,10 +14,24 @@ from bot.music.replicate import ReplicateBackend
 from bot.music.request import MusicRequest
 from tests.conftest import make_backend
 from tests.fakes.replicate import FakeReplicate, HttpFault, Outcome
+from tests.test_request import DEFAULT_INPUT
 
 
 def request(**fields: object) -> MusicRequest:
     return MusicRequest.parse({"prompt": "warm lofi beat", "duration": 2, **fields})
+
+
+async def create_then_crash(backend: ReplicateBackend) -> str:
+    """Create a prediction and die right after its id was handed over (as a crash would)."""
+    created: list[str] = []
+
+    async def on_created(prediction_id: str) -> None:
+        created.append(prediction_id)
+        raise RuntimeError("the process dies right after committing the id")
+
+    with pytest.raises(RuntimeError):
+        await backend.generate(request(), on_created=on_created)
+    return created[0]
 
 
 async def test_success_returns_audio_of_the_requested_length(
@@ -57,17 +71,7 @@ async def test_create_body_is_exact_for_the_default_request(
     assert replicate_fake.creates[0].path == "/v1/predictions"
     assert replicate_fake.creates[0].body == {
         "version": replicate_fake.version,
-        "input": {
-            "prompt": "warm lofi beat",
-            "model_version": "stereo-large",
-            "duration": 8,
-            "temperature": 1.0,
-            "top_k": 250,
-            "top_p": 0.0,
-            "classifier_free_guidance": 3,
-            "output_format": "wav",
-            "normalization_strategy": "loudness",
-        },
+        "input": DEFAULT_INPUT,
     }
 
 
@@ -328,17 +332,10 @@ async def test_resume_polls_the_same_prediction_and_creates_nothing(
     replicate_fake: FakeReplicate, backend: ReplicateBackend
 ) -> None:
     replicate_fake.run_seconds = None
-    created: list[str] = []
-
-    async def on_created(prediction_id: str) -> None:
-        created.append(prediction_id)
-        raise RuntimeError("the process dies right after committing the id")
-
-    with pytest.raises(RuntimeError):
-        await backend.generate(request(), on_created=on_created)
-    replicate_fake.finish(created[0])
-    track = await backend.resume(created[0], request())
-    assert track.prediction_id == created[0]
+    prediction_id = await create_then_crash(backend)
+    replicate_fake.finish(prediction_id)
+    track = await backend.resume(prediction_id, request())
+    assert track.prediction_id == prediction_id
     assert len(replicate_fake.creates) == 1
 
 
@@ -346,17 +343,10 @@ async def test_cancel_reaches_replicate(
     replicate_fake: FakeReplicate, backend: ReplicateBackend
 ) -> None:
     replicate_fake.run_seconds = None
-    created: list[str] = []
-
-    async def on_created(prediction_id: str) -> None:
-        created.append(prediction_id)
-        raise RuntimeError("stop here")
-
-    with pytest.raises(RuntimeError):
-        await backend.generate(request(), on_created=on_created)
-    await backend.cancel(created[0])
-    assert replicate_fake.cancels == created
-    assert replicate_fake.predictions[created[0]].status == "canceled"
+    prediction_id = await create_then_crash(backend)
+    await backend.cancel(prediction_id)
+    assert replicate_fake.cancels == [prediction_id]
+    assert replicate_fake.predictions[prediction_id].status == "canceled"
 
 
 @pytest.mark.parametrize(

@@ -34,18 +34,22 @@ def test_defaults_match_the_seed_design() -> None:
     assert request.seed is None and request.input_audio is None and not request.continuation
 
 
+# What meta/musicgen receives for `/music prompt:warm lofi beat` and nothing else.
+DEFAULT_INPUT = {
+    "prompt": "warm lofi beat",
+    "model_version": "stereo-large",
+    "duration": 8,
+    "temperature": 1.0,
+    "top_k": 250,
+    "top_p": 0.0,
+    "classifier_free_guidance": 3,
+    "output_format": "wav",
+    "normalization_strategy": "loudness",
+}
+
+
 def test_default_create_body_is_exact() -> None:
-    assert parse().to_replicate_input() == {
-        "prompt": "warm lofi beat",
-        "model_version": "stereo-large",
-        "duration": 8,
-        "temperature": 1.0,
-        "top_k": 250,
-        "top_p": 0.0,
-        "classifier_free_guidance": 3,
-        "output_format": "wav",
-        "normalization_strategy": "loudness",
-    }
+    assert parse().to_replicate_input() == DEFAULT_INPUT
 
 
 def test_every_option_body_is_exact() -> None:

@@ -22,22 +22,9 @@ from bot.jobs.migrate import (
     migrate,
     split_statements,
 )
+from tests.clock import START, Clock
 
-START = datetime(2025, 3, 14, 20, 48, 0, 123456, tzinfo=UTC)
 TOKEN = "aW50ZXJhY3Rpb246MTIzNDU2Nzg5OnNlY3JldC10b2tlbg"
-
-
-class Clock:
-    """A settable clock for the store."""
-
-    def __init__(self, start: datetime = START) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
 
 
 def new_job(user_id: int = 42, interaction_id: int = 1000, **overrides: Any) -> NewJob:
