@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -295,3 +296,15 @@ async def test_a_refused_upload_ends_with_a_sentence_not_silence(tmp_path: Path)
         assert edits[-1].json["content"] == (
             "⚠️ The track was made, but Discord refused to post it."
         )
+
+
+async def test_no_secret_reaches_a_log_line_even_at_debug(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with harness(tmp_path) as h:
+        h.replicate.fail_creates(HttpFault.server_error(500))
+        await h.final_reply(await h.music(prompt="quiet logs", duration=1))
+    assert len(caplog.records) > 50  # the debug logs really were captured
+    assert h.discord.bot_token not in caplog.text
+    assert h.replicate.token not in caplog.text
