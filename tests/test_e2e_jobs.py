@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from bot.jobs.store import JobStore
 from tests.fakes.discord_models import FakeInteraction
+from tests.fakes.replicate import Outcome
 from tests.harness import (
     Harness,
     bot_settings,
@@ -296,4 +296,25 @@ def _stored_prediction(tmp_path: Path, prediction_id: str) -> bool:
     return any(row[1] == prediction_id for row in _jobs(tmp_path))
 
 
-__all__ = ["JobStore"]
+async def test_a_resumed_prediction_that_died_is_made_anew(tmp_path: Path) -> None:
+    async with fakes() as (discord, replicate):
+        replicate.run_seconds = None
+        settings = bot_settings(discord, replicate, tmp_path / "jambot.db")
+        first = await spawn_bot(settings, discord, tmp_path)
+        interaction = await discord.send_interaction(
+            "music", to_options({"prompt": "phoenix", "duration": 1})
+        )
+        prediction = await replicate.wait_for_prediction(timeout=15)
+        await wait_for(lambda: _stored_prediction(tmp_path, prediction.id), 10)
+        await first.kill()
+        prediction.outcome = Outcome.failed()  # CUDA out of memory while the bot was down
+        prediction.finish()
+        replicate.run_seconds = 0.2
+
+        second = await start_bot(settings, discord)
+        try:
+            await discord.wait_for_call(lambda c: is_final_edit(c, interaction), 20)
+            assert len(replicate.creates) == 2
+            assert len(deliveries(discord, interaction)) == 1
+        finally:
+            await second.stop()

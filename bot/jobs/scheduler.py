@@ -20,7 +20,7 @@ from bot.jobs.limits import Limits, Refusal
 from bot.jobs.queue import FairQueue
 from bot.jobs.store import Job, JobStore, NewJob
 from bot.music.backend import MusicBackend, Progress, Track
-from bot.music.errors import GenerationError, OutputError
+from bot.music.errors import GenerationError, OutputError, TransientPredictionError
 from bot.music.request import ABSOLUTE_MAX_DURATION, MusicRequest
 
 log = logging.getLogger(__name__)
@@ -236,7 +236,12 @@ class Scheduler:
             self._spawn(self._events.on_progress(job, event))
 
         if prediction:
-            return await self._backend.resume(prediction[0], request, on_progress=progress)
+            try:
+                return await self._backend.resume(prediction[0], request, on_progress=progress)
+            except TransientPredictionError as exc:
+                # it died (out of memory, a lost worker): as a live job would, make it anew
+                log.info("job %d: resumed prediction failed (%s); creating anew", job.id, exc)
+                prediction.clear()
 
         async def created(prediction_id: str) -> None:
             prediction.append(prediction_id)
