@@ -318,3 +318,18 @@ async def test_a_resumed_prediction_that_died_is_made_anew(tmp_path: Path) -> No
             assert len(deliveries(discord, interaction)) == 1
         finally:
             await second.stop()
+
+
+async def test_simultaneous_commands_of_one_user_cannot_slip_past_a_limit(tmp_path: Path) -> None:
+    async with harness(tmp_path, max_queued_per_user=1) as h:
+        h.replicate.run_seconds = 1.0
+        await asyncio.gather(
+            h.music(prompt="one", duration=1, user_id=42),
+            h.music(prompt="two", duration=1, user_id=42),
+        )
+        await wait_for(
+            lambda: [c for c in h.discord.calls if c.method == "DELETE"], 10
+        )  # one placeholder removed: that command was refused
+        await asyncio.sleep(0.3)
+        assert len(await h.bot.store.recent_for_user(42)) == 1
+        assert len(h.replicate.creates) == 1

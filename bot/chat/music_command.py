@@ -109,10 +109,7 @@ async def submit_music(
     if isinstance(result, Refusal):
         await _refuse(interaction, result)
         return
-    job, position = result
-    bot.events.attach(job.id, interaction)
-    if position > 0:  # 0: a free slot starts it at once, and progress will show instead
-        await bot.events.on_queued(job, position)
+    bot.events.attach(result.id, interaction)
 
 
 def _audio_url(audio: discord.Attachment) -> str:

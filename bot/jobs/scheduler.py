@@ -11,8 +11,9 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,8 +27,11 @@ from bot.music.request import ABSOLUTE_MAX_DURATION, MusicRequest
 log = logging.getLogger(__name__)
 
 # Queue positions are pushed to placeholders only this far down the line; further back, the
-# place shown at submission stands until the job comes within reach (saves a flood of edits).
+# place first shown stands until the job comes within reach (saves a flood of edits).
 POSITION_UPDATES_WITHIN = 20
+# Position edits wait this long and go out together: a burst of commands gets all its
+# "thinking…" acknowledgements first, and a moving line costs one pass, not one per change.
+POSITION_UPDATE_DELAY = 0.2
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,8 @@ class Scheduler:
         self._running: dict[int, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._wakeup = asyncio.Event()
-        self._submit_lock = asyncio.Lock()
+        self._user_locks: dict[int, tuple[asyncio.Lock, list[int]]] = {}  # lock, users of it
+        self._position_update: asyncio.Task[None] | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._closing = False
         self._shown_positions: dict[int, int] = {}
@@ -108,35 +113,34 @@ class Scheduler:
             self._enqueue(job)
         self._dispatcher = asyncio.create_task(self._dispatch(), name="jambot-dispatcher")
         self._wakeup.set()
+        self._update_positions_soon()
 
     async def close(self) -> None:
         """Stop taking and starting work. Running jobs stay `running` in the store."""
         self._closing = True
-        tasks = [t for t in (self._dispatcher, *self._running.values(), *self._tasks) if t]
+        background = (self._dispatcher, self._position_update, *self._tasks)
+        tasks = [t for t in (*background, *self._running.values()) if t]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- the API the front end uses ---------------------------------------------------------
 
-    async def submit(self, new_job: NewJob) -> tuple[Job, int] | Refusal:
-        """Check the user's limits and enqueue. Returns (job, place in line) or the refusal.
-
-        The place is 0 when a free slot starts the job right away.
-        """
+    async def submit(self, new_job: NewJob) -> Job | Refusal:
+        """Check the user's limits and enqueue; the job's place in line is shown soon after
+        (unless a free slot starts it right away, and progress shows instead)."""
         if self._closing:
             return Refusal("queue", None, "The bot is restarting; please try again in a minute.")
-        async with self._submit_lock:  # check-then-add must not interleave for one user
+        async with self._user_lock(new_job.user_id):  # check-then-add, one at a time per user
             refusal = await self._limits.check(new_job.user_id)
             if refusal is not None:
                 return refusal
             job = await self._store.add(new_job)
-        position = self._enqueue(job)
-        if len(self._running) + len(self._queue) <= self._max_concurrent:
-            position = 0
-        log.info("job %d: queued for user %d at place %d", job.id, job.user_id, position)
+        self._enqueue(job)
+        log.info("job %d: queued for user %d", job.id, job.user_id)
         self._wakeup.set()
-        return job, position
+        self._update_positions_soon()
+        return job
 
     def position(self, job_id: int) -> int | None:
         return self._queue.positions().get(job_id)
@@ -156,7 +160,7 @@ class Scheduler:
             return None
         if self._queue.remove(job_id):
             self._waiting.pop(job_id, None)
-            self._notify_positions()
+            self._update_positions_soon()
         task = self._running.get(job_id)
         if task is not None:
             task.cancel()
@@ -167,12 +171,22 @@ class Scheduler:
 
     # -- internals --------------------------------------------------------------------------
 
-    def _enqueue(self, job: Job) -> int:
+    @contextlib.asynccontextmanager
+    async def _user_lock(self, user_id: int) -> AsyncIterator[None]:
+        """One lock per user with a submission in progress; forgotten when none is."""
+        lock, holders = self._user_locks.setdefault(user_id, (asyncio.Lock(), [0]))
+        holders[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            holders[0] -= 1
+            if holders[0] == 0:
+                del self._user_locks[user_id]
+
+    def _enqueue(self, job: Job) -> None:
         self._queue.push(job.user_id, job.id)
         self._waiting[job.id] = job
-        position = self._queue.positions()[job.id]
-        self._shown_positions[job.id] = position
-        return position
 
     async def _dispatch(self) -> None:
         while True:
@@ -189,11 +203,19 @@ class Scheduler:
                     self._launch(job, resumed=False)
                 moved = True
             if moved:
-                self._notify_positions()
+                self._update_positions_soon()
 
-    def _notify_positions(self) -> None:
+    def _update_positions_soon(self) -> None:
+        if self._position_update is None and not self._closing:
+            self._position_update = asyncio.create_task(self._update_positions())
+
+    async def _update_positions(self) -> None:
+        """Show each waiting job its place: first time always, then when it moves within reach."""
+        await asyncio.sleep(POSITION_UPDATE_DELAY)
+        self._position_update = None
         for job_id, position in self._queue.positions().items():
-            if position > POSITION_UPDATES_WITHIN or self._shown_positions.get(job_id) == position:
+            shown = self._shown_positions.get(job_id)
+            if shown == position or (shown is not None and position > POSITION_UPDATES_WITHIN):
                 continue
             self._shown_positions[job_id] = position
             self._spawn(self._events.on_queued(self._waiting[job_id], position))
