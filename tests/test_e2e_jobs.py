@@ -117,9 +117,11 @@ async def test_sigterm_exits_quickly_and_leaves_the_job_to_resume(tmp_path: Path
 async def test_round_robin_across_users(tmp_path: Path) -> None:
     async with harness(tmp_path, max_concurrent_generations=1) as h:
         h.replicate.run_seconds = 0.4
-        a = [await h.music(prompt=f"a{n}", duration=1, user_id=1) for n in range(3)]
-        b = await h.music(prompt="b0", duration=1, user_id=2)
-        for interaction in [*a, b]:
+        sent = []
+        for prompt, user in [("a0", 1), ("a1", 1), ("a2", 1), ("b0", 2)]:  # b0 arrives last
+            sent.append(await h.music(prompt=prompt, duration=1, user_id=user))
+            await h.job_for(sent[-1], terminal=False)
+        for interaction in sent:
             await h.final_reply(interaction)
         prompts = [c.body["input"]["prompt"] for c in h.replicate.creates]
         assert prompts == ["a0", "b0", "a1", "a2"]
@@ -131,6 +133,7 @@ async def test_queue_position_is_shown_and_updated(tmp_path: Path) -> None:
         first = await h.music(prompt="one", duration=1, user_id=1)
         await h.replicate.wait_for_prediction()
         second = await h.music(prompt="two", duration=1, user_id=2)
+        await h.job_for(second, terminal=False)
         third = await h.music(prompt="three", duration=1, user_id=3)
         await h.discord.wait_for_call(
             lambda c: "**2nd** in line" in str(c.json) and third.token in c.path

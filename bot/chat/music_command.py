@@ -68,7 +68,9 @@ def build_music_command(bot: "JamBot") -> app_commands.Command[Any, Any, None]:
         audio: discord.Attachment | None = None,
         continuation: bool = False,
     ) -> None:
-        answer = await interaction.response.defer(thinking=True)  # first, before any other I/O
+        async with bot.acks.acknowledging():
+            answer = await interaction.response.defer(thinking=True)  # first, before other I/O
+        await bot.acks.wait_until_quiet()
         options: dict[str, Any] = {
             "prompt": prompt,
             "duration": duration,
