@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import gc
 
+import pytest
+
 from bot.chat.app import AckGate
 
 
@@ -62,3 +64,24 @@ async def test_waiting_is_bounded() -> None:
         start = loop.time()
         await gate.wait_until_quiet(limit=0.05)
         assert 0.04 <= loop.time() - start < 0.5
+
+
+async def test_steady_traffic_cannot_hold_gc_off_for_long(monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = AckGate()
+    monkeypatch.setattr(AckGate, "MAX_GC_HOLD", 0.05)
+    release = asyncio.Event()
+
+    async def defer() -> None:
+        async with gate.acknowledging():
+            await release.wait()
+
+    first = asyncio.create_task(defer())
+    await asyncio.sleep(0)
+    assert not gc.isenabled()
+    await asyncio.sleep(0.06)
+    second = asyncio.create_task(defer())  # overlaps the first: no quiet gap since
+    await asyncio.sleep(0)
+    assert gc.isenabled()
+    release.set()
+    await asyncio.gather(first, second)
+    assert gc.isenabled()

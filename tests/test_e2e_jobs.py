@@ -45,7 +45,7 @@ async def test_restart_mid_generation_resumes_without_paying_twice(tmp_path: Pat
             assert len(replicate.creates) == 1
             assert len(deliveries(discord, interaction)) == 1
             assert final.files[0][0].endswith(".wav")
-            job = (await second.bot.store.recent_for_user(interaction.user_id))[0]
+            job = await Harness(discord, replicate, settings, second).job_for(interaction)
             assert job.status == "delivered" and job.prediction_id == prediction.id
         finally:
             await second.stop()
@@ -129,7 +129,7 @@ async def test_round_robin_across_users(tmp_path: Path) -> None:
 
 async def test_queue_position_is_shown_and_updated(tmp_path: Path) -> None:
     async with harness(tmp_path, max_concurrent_generations=1) as h:
-        h.replicate.run_seconds = 0.6
+        h.replicate.run_seconds = 2.5  # each place stands longer than the 2 s between edits
         first = await h.music(prompt="one", duration=1, user_id=1)
         await h.replicate.wait_for_prediction()
         second = await h.music(prompt="two", duration=1, user_id=2)

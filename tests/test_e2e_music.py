@@ -268,15 +268,16 @@ async def test_progress_is_shown_and_throttled(tmp_path: Path) -> None:
     async with harness(tmp_path) as h:
         h.replicate.run_seconds = 4.5
         interaction = await h.music(prompt="slow burn", duration=1)
-        await h.final_reply(interaction)
-        edits = [
-            c
-            for c in h.discord.calls_for(interaction)
-            if c.method == "PATCH" and not c.files and "Generating" in str(c.json)
+        final = await h.final_reply(interaction)
+        progress = [
+            c for c in h.discord.calls_for(interaction) if c.method == "PATCH" and c is not final
         ]
-        assert edits, "no progress shown"
-        times = [c.at for c in edits]
-        assert all(b - a >= 1.9 for a, b in itertools.pairwise(times))
+        texts = [str(c.json["content"]) for c in progress]
+        assert any("Generating" in t and "%" in t and "left" in t for t in texts), texts
+        percents = [int(t.split(" · ")[1].rstrip("%")) for t in texts if "Generating ·" in t]
+        assert percents == sorted(percents) and percents[-1] >= 40  # it moves forward
+        times = [c.at for c in progress]
+        assert all(b - a >= 1.9 for a, b in itertools.pairwise(times))  # one edit per ~2 s
 
 
 async def test_a_refused_upload_ends_with_a_sentence_not_silence(tmp_path: Path) -> None:
@@ -291,6 +292,7 @@ async def test_a_refused_upload_ends_with_a_sentence_not_silence(tmp_path: Path)
         interaction = await h.music(prompt="refused", duration=1)
         job = await h.job_for(interaction)
         assert job.status == "failed"
+        await h.discord.wait_for_call(lambda c: "refused to post" in str(c.json))
         edits = [c for c in h.discord.calls_for(interaction) if c.method == "PATCH"]
         assert edits[-2].files and edits[-2].status == 400
         assert edits[-1].json["content"] == (

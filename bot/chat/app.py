@@ -8,6 +8,7 @@ import gc
 import logging
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 
 import discord
@@ -68,17 +69,18 @@ class AckGate:
     """
 
     QUIET = 0.02
+    MAX_GC_HOLD = 1.0  # under steady traffic, let the collector run at least this often
 
     def __init__(self) -> None:
         self._pending = 0
         self._started = 0
+        self._gc_held_since: float | None = None
         self._idle = asyncio.Event()
         self._idle.set()
 
     @contextlib.asynccontextmanager
     async def acknowledging(self) -> AsyncIterator[None]:
-        if self._pending == 0:
-            gc.disable()
+        self._hold_gc()
         self._pending += 1
         self._started += 1
         self._idle.clear()
@@ -87,8 +89,20 @@ class AckGate:
         finally:
             self._pending -= 1
             if self._pending == 0:
-                gc.enable()
+                self._release_gc()
                 self._idle.set()
+
+    def _hold_gc(self) -> None:
+        now = time.monotonic()
+        if self._gc_held_since is None:
+            self._gc_held_since = now
+            gc.disable()
+        elif now - self._gc_held_since > self.MAX_GC_HOLD:
+            gc.enable()  # no quiet gap for a while: collect between these defers after all
+
+    def _release_gc(self) -> None:
+        self._gc_held_since = None
+        gc.enable()
 
     async def wait_until_quiet(self, limit: float = 1.0) -> None:
         with contextlib.suppress(TimeoutError):
@@ -154,6 +168,7 @@ class JamBot(commands.Bot):
     async def close(self) -> None:
         if hasattr(self, "scheduler"):
             await self.scheduler.close()
+        await self.events.close()
         if hasattr(self, "backend"):
             await self.backend.aclose()
         if hasattr(self, "store"):

@@ -46,7 +46,9 @@ class DiscordJobEvents:
     def __init__(self, bot: discord.Client) -> None:
         self._bot = bot
         self._live: dict[int, discord.Interaction] = {}
-        self._last_edit: dict[int, tuple[float, str]] = {}  # job → (when, which stage)
+        self._last_edit: dict[int, float] = {}  # job → when its last progress edit went out
+        self._latest: dict[int, str] = {}  # job → progress text not shown yet
+        self._flushers: dict[int, asyncio.Task[None]] = {}  # job → edit waiting for its turn
         self._locks: dict[int, asyncio.Lock] = {}
         self._done: set[int] = set()
 
@@ -57,10 +59,10 @@ class DiscordJobEvents:
     # -- JobEvents ----------------------------------------------------------------------------
 
     async def on_queued(self, job: Job, position: int) -> None:
-        await self._status(job, render.queued_text(position), stage=f"queued {position}")
+        await self._status(job, render.queued_text(position))
 
     async def on_progress(self, job: Job, progress: Progress) -> None:
-        await self._status(job, render.progress_text(progress), stage=progress.status)
+        await self._status(job, render.progress_text(progress))
 
     async def on_failed(self, job: Job, error: GenerationError) -> None:
         await self._final(job, content=render.failure_text(error.user_message))
@@ -96,19 +98,30 @@ class DiscordJobEvents:
 
     # -- editing --------------------------------------------------------------------------------
 
-    async def _status(self, job: Job, text: str, *, stage: str) -> None:
-        """A progress edit, skipped once the job is done or its token is dead.
-
-        A new stage (queued → starting → processing → downloading) shows at once; updates
-        within one stage come at most every PROGRESS_EDIT_INTERVAL seconds.
-        """
-        now = asyncio.get_running_loop().time()
+    async def _status(self, job: Job, text: str) -> None:
+        """Show a queue place or progress: at most one edit every PROGRESS_EDIT_INTERVAL
+        seconds per job, always ending on the newest text; nothing once the job is done."""
         if job.id in self._done or self._token_expired(job):
             return
-        last_time, last_stage = self._last_edit.get(job.id, (-1e9, ""))
-        if stage == last_stage and now - last_time < PROGRESS_EDIT_INTERVAL:
+        self._latest[job.id] = text
+        if job.id in self._flushers:
+            return  # an edit is already waiting for its turn; it will show this text
+        wait = self._last_edit.get(job.id, -1e9) + PROGRESS_EDIT_INTERVAL - _now()
+        if wait <= 0:
+            await self._show_latest(job)
+        else:
+            self._flushers[job.id] = asyncio.create_task(self._show_later(job, wait))
+
+    async def _show_later(self, job: Job, wait: float) -> None:
+        await asyncio.sleep(wait)
+        self._flushers.pop(job.id, None)
+        await self._show_latest(job)
+
+    async def _show_latest(self, job: Job) -> None:
+        text = self._latest.pop(job.id, None)
+        if text is None:
             return
-        self._last_edit[job.id] = (now, stage)
+        self._last_edit[job.id] = _now()
         async with self._lock(job.id):
             if job.id in self._done:
                 return
@@ -116,6 +129,13 @@ class DiscordJobEvents:
                 await self._edit(job, content=text)
             except (TokenDead, discord.HTTPException) as exc:
                 log.info("job %d: progress edit skipped: %s", job.id, exc)
+
+    async def close(self) -> None:
+        """Drop the progress edits still waiting for their turn."""
+        flushers = list(self._flushers.values())
+        for task in flushers:
+            task.cancel()
+        await asyncio.gather(*flushers, return_exceptions=True)
 
     async def _final(
         self,
@@ -218,8 +238,18 @@ class DiscordJobEvents:
         return self._locks.setdefault(job_id, asyncio.Lock())
 
     def _forget(self, job_id: int) -> None:
+        """Drop a finished job's state; `_done` stays, so a late progress edit is skipped."""
         self._live.pop(job_id, None)
         self._last_edit.pop(job_id, None)
+        self._latest.pop(job_id, None)
+        self._locks.pop(job_id, None)
+        flusher = self._flushers.pop(job_id, None)
+        if flusher is not None:
+            flusher.cancel()
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
 
 
 def _discord_files(files: Files) -> list[discord.File]:
