@@ -1,12 +1,14 @@
 """What the benchmarks share: machine facts, quiet logs, percentiles, /proc readings, tables.
 
 The bot, the fakes and the test harness are reused as they are (`tests.harness`); nothing here
-changes how the bot behaves.
+changes how the bot behaves. The one change to a fake is `openapi_validation_off`, which skips
+the fake Discord's schema checks while a latency is measured.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import math
 import os
@@ -19,11 +21,23 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tests.fakes.discord import FakeDiscord
+
+VALIDATING = "fake validates"
+NOT_VALIDATING = "validation off"
+
 
 def quiet_logging() -> None:
     """The fakes log every request at INFO; at that level logging would dominate the figures."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(logging.WARNING)
+
+
+def settle_garbage() -> None:
+    """Collect now and freeze what survives, so that a full collection over everything the
+    fakes have recorded so far (thousands of requests) can't pause this process mid-measure."""
+    gc.collect()
+    gc.freeze()
 
 
 def cpu_model() -> str:
@@ -127,3 +141,35 @@ def workdir() -> Iterator[Path]:
     """A scratch folder for the bot's database and log, removed afterwards."""
     with tempfile.TemporaryDirectory(prefix="jambot-bench-") as folder:
         yield Path(folder)
+
+
+def realistic_overrides(**overrides: object) -> dict[str, object]:
+    """Settings for a bot under load: production pacing, no per-user limits in the way.
+
+    `tests.harness.bot_settings` tunes the bot for fast tests (polls every 50 ms); here the
+    poll interval, deadline and retry delay are the production defaults again.
+    """
+    values: dict[str, object] = {
+        "replicate_poll_interval": 0.5,
+        "generation_timeout_seconds": 300,
+        "retry_base_delay_seconds": 1.0,
+        "max_concurrent_generations": 2,
+        "user_cooldown_seconds": 0,
+        "daily_quota_per_user": 0,
+        "max_queued_per_user": 1000,
+    }
+    values.update(overrides)
+    return values
+
+
+@contextlib.contextmanager
+def openapi_validation_off(discord: FakeDiscord) -> Iterator[None]:
+    """Skip the fake's schema checks of requests and answers (instance attributes shadow the
+    methods; deleting them restores the checks)."""
+    discord._validate = lambda *args: None  # type: ignore[method-assign]
+    discord._check_answer = lambda *args: None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del discord._validate
+        del discord._check_answer
