@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import contextlib
 import functools
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,13 +51,10 @@ from bench._common import (
     settle_garbage,
     workdir,
 )
-from bot.settings import Settings
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.discord_models import FakeInteraction
 from tests.harness import (
-    REPO_ROOT,
     BotProcess,
-    bot_environment,
     bot_settings,
     fakes,
     spawn_bot,
@@ -143,32 +139,6 @@ class QueuedEdits:
         return max(self._seen.values())
 
 
-async def spawn_traced_bot(
-    settings: Settings, discord: FakeDiscord, folder: Path, trace: Path
-) -> BotProcess:
-    """`spawn_bot`, but the child is `python -m bench._traced_bot run` writing to `trace`."""
-    sessions = len(discord.gateway_sessions)
-    log_path = folder / "bot-traced.log"
-    env = bot_environment(settings) | {
-        "PYTHONPATH": str(REPO_ROOT),
-        "JAMBOT_BENCH_TRACE": str(trace),
-    }
-    with log_path.open("wb") as log_file:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bench._traced_bot",
-            "run",
-            cwd=folder,
-            env=env,
-            stdout=log_file,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-    child = BotProcess(process, log_path)
-    await wait_for(lambda: len(discord.gateway_sessions) > sessions, 20)
-    return child
-
-
 def _acknowledged(interaction: FakeInteraction) -> bool:
     return interaction.callback_at is not None
 
@@ -237,10 +207,13 @@ async def run(count: int, rounds: int, pause: float, trace: bool) -> int:
             database = folder / "jambot.db"
             settings = bot_settings(discord, replicate, database, **realistic_overrides())
             trace_path = folder / "trace.txt"
-            if trace:
-                child = await spawn_traced_bot(settings, discord, folder, trace_path)
-            else:
-                child = await spawn_bot(settings, discord, folder)
+            child = await spawn_bot(
+                settings,
+                discord,
+                folder,
+                module="bench._traced_bot" if trace else "bot",
+                extra_env={"JAMBOT_BENCH_TRACE": str(trace_path)} if trace else None,
+            )
             try:
                 await _warm_up(discord, database)
                 for round_no in range(rounds * 2):

@@ -195,23 +195,32 @@ class BotProcess:
         return await self.process.wait()
 
 
-async def spawn_bot(settings: Settings, discord: FakeDiscord, workdir: Path) -> BotProcess:
-    sessions = len(discord._gateway.sessions)
+async def spawn_bot(
+    settings: Settings,
+    discord: FakeDiscord,
+    workdir: Path,
+    *,
+    module: str = "bot",
+    extra_env: dict[str, str] | None = None,
+) -> BotProcess:
+    """`python -m <module> run` in a child process, returned once it is on the gateway."""
+    sessions = len(discord.gateway_sessions)
     log_path = workdir / f"bot-{sessions}.log"
+    env = bot_environment(settings) | {"PYTHONPATH": str(REPO_ROOT)} | (extra_env or {})
     with log_path.open("wb") as log_file:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "bot",
+            module,
             "run",
             cwd=workdir,
-            env=bot_environment(settings) | {"PYTHONPATH": str(REPO_ROOT)},
+            env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
     child = BotProcess(process, log_path)
     try:
-        await wait_for(lambda: len(discord._gateway.sessions) > sessions, 20)
+        await wait_for(lambda: len(discord.gateway_sessions) > sessions, 20)
     except TimeoutError:
         await child.kill()
         raise AssertionError(f"the bot did not connect:\n{child.log}") from None
