@@ -12,11 +12,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from bot.music.backend import Progress, Track
 from bot.music.errors import GenerationError, InvalidRequestError
 from bot.music.request import AudioFormat, ModelVersion, MusicRequest, Normalization
 from bot.naming import track_filename
-from bot.settings import ConfigError, Settings, load_settings
+from bot.settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, turning any validation failure into a one-line ConfigError.
+
+    The message names the variable and never repeats its value (it could be a secret).
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = str(error["loc"][0]).upper() if error["loc"] else "a setting"
+        reason = error["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{name} is invalid ({reason}): see .env.example.") from None
 
 
 def _parser() -> argparse.ArgumentParser:

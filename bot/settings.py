@@ -6,7 +6,7 @@ of the public interface: operators script against them, so they never change sil
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "meta/musicgen:671ac645ce5e552cc63a54a2bbff63fcf798043055d2dac5fc9e36a837eedcfb"
@@ -56,17 +56,3 @@ class Settings(BaseSettings):
     def database_path(self) -> str:
         """The SQLite file named by DATABASE_URL (``sqlite:///jambot.db`` → ``jambot.db``)."""
         return self.database_url.removeprefix("sqlite:///")
-
-
-def load_settings(**overrides: object) -> Settings:
-    """Read the settings, turning any validation failure into a one-line ConfigError.
-
-    The message names the variable and never repeats its value (it could be a secret).
-    """
-    try:
-        return Settings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        name = str(error["loc"][0]).upper() if error["loc"] else "a setting"
-        reason = error["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"{name} is invalid ({reason}): see .env.example.") from None

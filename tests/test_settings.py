@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.settings import ConfigError, Settings, load_settings
+from bot.cli import load_settings
+from bot.settings import ConfigError, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
