@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from bot.settings import Settings
+from tests.fakes.discord import FakeDiscord
 from tests.fakes.discord_models import FakeInteraction
-from tests.fakes.replicate import Outcome
+from tests.fakes.replicate import FakePrediction, FakeReplicate, Outcome
 from tests.harness import (
+    BotProcess,
     Harness,
     bot_settings,
     fakes,
@@ -27,14 +30,10 @@ def deliveries(h_discord: object, interaction: FakeInteraction) -> list[object]:
 
 async def test_restart_mid_generation_resumes_without_paying_twice(tmp_path: Path) -> None:
     async with fakes() as (discord, replicate):
-        replicate.run_seconds = None  # stays processing until finish()
         settings = bot_settings(discord, replicate, tmp_path / "jambot.db")
-        first = await spawn_bot(settings, discord, tmp_path)
-        interaction = await discord.send_interaction(
-            "music", to_options({"prompt": "survive a crash", "duration": 2})
+        first, interaction, prediction = await _child_mid_generation(
+            settings, discord, replicate, tmp_path, prompt="survive a crash", duration=2
         )
-        prediction = await replicate.wait_for_prediction(timeout=15)
-        await wait_for(lambda: _stored_prediction(tmp_path, prediction.id), 10)
         await first.kill()  # SIGKILL: no cleanup of any kind
 
         second = await start_bot(settings, discord)
@@ -87,14 +86,10 @@ async def test_restart_keeps_the_line_in_order_and_delivers_each_once(tmp_path: 
 
 async def test_sigterm_exits_quickly_and_leaves_the_job_to_resume(tmp_path: Path) -> None:
     async with fakes() as (discord, replicate):
-        replicate.run_seconds = None
         settings = bot_settings(discord, replicate, tmp_path / "jambot.db")
-        child = await spawn_bot(settings, discord, tmp_path)
-        interaction = await discord.send_interaction(
-            "music", to_options({"prompt": "graceful", "duration": 1})
+        child, interaction, prediction = await _child_mid_generation(
+            settings, discord, replicate, tmp_path, prompt="graceful", duration=1
         )
-        prediction = await replicate.wait_for_prediction(timeout=15)
-        await wait_for(lambda: _stored_prediction(tmp_path, prediction.id), 10)
         loop = asyncio.get_running_loop()
         started = loop.time()
         code = await asyncio.wait_for(child.terminate(), 10)
@@ -295,20 +290,37 @@ def _jobs(tmp_path: Path) -> list[tuple[int, str | None, str]]:
     return [(int(r[0]), r[1], str(r[2])) for r in rows]
 
 
+async def _child_mid_generation(
+    settings: Settings,
+    discord: FakeDiscord,
+    replicate: FakeReplicate,
+    tmp_path: Path,
+    *,
+    prompt: str,
+    duration: int,
+) -> tuple[BotProcess, FakeInteraction, FakePrediction]:
+    """`jambot run` as a child, one /music sent, its prediction held processing and its id
+    committed to the store: the moment a crash or a SIGTERM is most costly."""
+    replicate.run_seconds = None  # stays processing until finish()
+    child = await spawn_bot(settings, discord, tmp_path)
+    interaction = await discord.send_interaction(
+        "music", to_options({"prompt": prompt, "duration": duration})
+    )
+    prediction = await replicate.wait_for_prediction(timeout=15)
+    await wait_for(lambda: _stored_prediction(tmp_path, prediction.id), 10)
+    return child, interaction, prediction
+
+
 def _stored_prediction(tmp_path: Path, prediction_id: str) -> bool:
     return any(row[1] == prediction_id for row in _jobs(tmp_path))
 
 
 async def test_a_resumed_prediction_that_died_is_made_anew(tmp_path: Path) -> None:
     async with fakes() as (discord, replicate):
-        replicate.run_seconds = None
         settings = bot_settings(discord, replicate, tmp_path / "jambot.db")
-        first = await spawn_bot(settings, discord, tmp_path)
-        interaction = await discord.send_interaction(
-            "music", to_options({"prompt": "phoenix", "duration": 1})
+        first, interaction, prediction = await _child_mid_generation(
+            settings, discord, replicate, tmp_path, prompt="phoenix", duration=1
         )
-        prediction = await replicate.wait_for_prediction(timeout=15)
-        await wait_for(lambda: _stored_prediction(tmp_path, prediction.id), 10)
         await first.kill()
         prediction.outcome = Outcome.failed()  # CUDA out of memory while the bot was down
         prediction.finish()
