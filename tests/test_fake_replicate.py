@@ -363,3 +363,75 @@ async def test_wait_for_prediction_and_remove_data(
     assert body["output"] is None
     gone = await http.get(f"/files/{created.id}/out.wav")
     assert gone.status_code == 404
+
+
+async def test_non_prediction_answers_on_every_route(
+    fake: FakeReplicate, http: httpx.AsyncClient
+) -> None:
+    created = await http.post("/v1/predictions", json={"version": DEFAULT_VERSION, "input": PROMPT})
+    prediction_id = created.json()["id"]
+    fake.fail_creates(HttpFault.html_page())
+    fake.fail_polls(HttpFault.json_without_id(), HttpFault.empty_answer())
+    fake.fail_cancels(HttpFault.json_answer([], content_type="text/plain"))
+
+    page = await http.post("/v1/predictions", json={"version": DEFAULT_VERSION, "input": PROMPT})
+    no_id = await http.get(f"/v1/predictions/{prediction_id}")
+    empty = await http.get(f"/v1/predictions/{prediction_id}")
+    listed = await http.post(f"/v1/predictions/{prediction_id}/cancel")
+
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert page.text.startswith("<!DOCTYPE html>")
+    assert no_id.headers["content-type"].startswith("application/json")
+    assert "id" not in no_id.json() and no_id.json()["status"] == "processing"
+    assert (empty.status_code, empty.content) == (200, b"")
+    assert listed.headers["content-type"].startswith("text/plain")
+    assert listed.json() == []
+    assert fake.predictions[prediction_id].status != "canceled"
+
+
+async def test_garbled_create_answers_break_the_official_client(
+    fake: FakeReplicate, client: Client
+) -> None:
+    """Why the adapter must translate: the client lets json.loads and pydantic errors escape."""
+    fake.fail_creates(HttpFault.html_page(), HttpFault.json_without_id())
+    with pytest.raises(ValueError):
+        await client.predictions.async_create(version=DEFAULT_VERSION, input=PROMPT)
+    with pytest.raises(pydantic.v1.ValidationError):
+        await client.predictions.async_create(version=DEFAULT_VERSION, input=PROMPT)
+    assert [record.status for record in fake.creates] == [200, 200]
+    assert fake.predictions == {}
+
+
+async def test_every_request_is_recorded_with_its_answer(
+    fake: FakeReplicate, http: httpx.AsyncClient
+) -> None:
+    created = await http.post("/v1/predictions", json={"version": DEFAULT_VERSION, "input": PROMPT})
+    prediction_id = created.json()["id"]
+    fake.fail_polls(HttpFault.server_error(503), HttpFault.disconnect())
+    assert (await http.get(f"/v1/predictions/{prediction_id}")).status_code == 503
+    with pytest.raises(httpx.RemoteProtocolError):
+        await http.get(f"/v1/predictions/{prediction_id}")
+    await http.get(f"/v1/predictions/{prediction_id}")
+    await http.post(f"/v1/predictions/{prediction_id}/cancel")
+    await http.get("/v1/account")
+
+    polls = fake.requests_to("poll")
+    assert [(r.method, r.status) for r in polls] == [("GET", 503), ("GET", 0), ("GET", 200)]
+    assert {r.path for r in polls} == {f"/v1/predictions/{prediction_id}"}
+    assert [r.route for r in fake.requests] == [
+        "create",
+        "poll",
+        "poll",
+        "poll",
+        "cancel",
+        "other",
+    ]
+    assert fake.requests[-1].status == 404
+
+
+async def test_open_connections_follow_the_client(fake: FakeReplicate) -> None:
+    async with httpx.AsyncClient(transport=local_transport()) as session:
+        await session.get(f"{fake.base_url}/v1/predictions/x")
+        assert fake.open_connections == 1
+    await fake.wait_connections_closed()

@@ -382,3 +382,138 @@ async def test_resume_after_replicate_removed_the_output(
     with pytest.raises(errors.OutputError):
         await backend.resume(track.prediction_id, request())
     assert len(replicate_fake.creates) == 1
+
+
+def poll_retry_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "bot.music.replicate" and "polling again in" in r.getMessage()
+    ]
+
+
+async def test_every_poll_retry_reaches_the_fake_and_is_logged(
+    replicate_fake: FakeReplicate, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    replicate_fake.fail_polls(*[HttpFault.server_error(503)] * 4)
+    backend = make_backend(replicate_fake, max_attempts=1)
+    try:
+        track = await backend.generate(request())
+    finally:
+        await backend.aclose()
+    statuses = [r.status for r in replicate_fake.requests_to("poll")]
+    assert statuses[:5] == [503, 503, 503, 503, 200]
+    lines = poll_retry_lines(caplog)
+    assert len(lines) == 4
+    assert all("503" in line and track.prediction_id in line for line in lines)
+    assert len(replicate_fake.creates) == 1 and track.data
+
+
+GARBLED = [
+    HttpFault.html_page(),
+    HttpFault.json_without_id(),
+    HttpFault.json_answer({"id": "abc"}),
+    HttpFault.json_answer([]),
+    HttpFault.empty_answer(),
+    HttpFault.json_answer({"id": "abc", "status": "processing"}, content_type="text/plain"),
+]
+
+
+@pytest.mark.parametrize("fault", GARBLED)
+async def test_a_garbled_poll_answer_is_polled_again(
+    replicate_fake: FakeReplicate,
+    backend: ReplicateBackend,
+    caplog: pytest.LogCaptureFixture,
+    fault: HttpFault,
+) -> None:
+    caplog.set_level(logging.INFO)
+    replicate_fake.fail_polls(fault)
+    track = await backend.generate(request())
+    assert len(replicate_fake.creates) == 1 and track.data
+    assert replicate_fake.requests_to("poll")[0].status == 200
+    [line] = poll_retry_lines(caplog)
+    assert "answered GET" in line and "r8_" not in line
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        *GARBLED,
+        HttpFault.json_answer(
+            {"id": "a" * 26, "model": "meta/musicgen", "version": "v", "status": "starting"},
+            status=201,
+            content_type="text/html",
+        ),
+    ],
+)
+async def test_a_garbled_create_answer_is_permanent_and_never_created_again(
+    replicate_fake: FakeReplicate, backend: ReplicateBackend, fault: HttpFault
+) -> None:
+    replicate_fake.fail_creates(fault, fault, fault)
+    with pytest.raises(errors.UnexpectedResponseError) as caught:
+        await backend.generate(request())
+    assert len(replicate_fake.creates) == 1
+    assert replicate_fake.requests_to("poll") == []
+    error = caught.value
+    assert isinstance(error, errors.PermanentError)
+    assert "couldn't understand" in error.user_message
+    assert "<" not in error.user_message and "{" not in error.user_message
+    assert str(fault.status) in error.detail and replicate_fake.token not in error.detail
+
+
+@pytest.mark.parametrize(
+    "fault", [HttpFault.html_page(), HttpFault.json_without_id(), HttpFault.empty_answer()]
+)
+async def test_a_garbled_cancel_answer_is_only_logged(
+    replicate_fake: FakeReplicate,
+    backend: ReplicateBackend,
+    caplog: pytest.LogCaptureFixture,
+    fault: HttpFault,
+) -> None:
+    replicate_fake.run_seconds = None
+    prediction_id = await create_then_crash(backend)
+    replicate_fake.fail_cancels(fault)
+    await backend.cancel(prediction_id)
+    [cancel] = replicate_fake.requests_to("cancel")
+    assert cancel.status == 200
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert f"cancel of prediction {prediction_id} failed" in warning
+    assert "answered POST" in warning
+
+
+async def test_a_deadline_with_a_garbled_cancel_answer_still_times_out(
+    replicate_fake: FakeReplicate,
+) -> None:
+    replicate_fake.run_seconds = None
+    replicate_fake.fail_cancels(HttpFault.html_page())
+    backend = make_backend(replicate_fake, timeout=0.4)
+    try:
+        with pytest.raises(errors.GenerationTimeoutError):
+            await backend.generate(request())
+    finally:
+        await backend.aclose()
+    assert len(replicate_fake.requests_to("cancel")) == 1
+
+
+async def test_downloads_carry_no_token_and_api_calls_do(
+    replicate_fake: FakeReplicate, backend: ReplicateBackend
+) -> None:
+    await backend.generate(request())
+    [download] = replicate_fake.requests_to("download")
+    assert "authorization" not in download.headers
+    for route in ("create", "poll"):
+        for record in replicate_fake.requests_to(route):
+            assert record.headers["Authorization"] == f"Bearer {replicate_fake.token}"
+
+
+async def test_aclose_closes_every_connection(replicate_fake: FakeReplicate) -> None:
+    backend = make_backend(replicate_fake)
+    replicate_fake.run_seconds = None
+    prediction_id = await create_then_crash(backend)
+    replicate_fake.finish(prediction_id)
+    await backend.resume(prediction_id, request())  # poll and download pools
+    await backend.cancel(prediction_id)
+    assert replicate_fake.open_connections > 0  # keep-alive connections of the pools
+    await backend.aclose()
+    await replicate_fake.wait_connections_closed()

@@ -13,7 +13,8 @@
         ├── PredictionFailedError      the model ran and failed for a reason retrying won't fix
         ├── PredictionCanceledError
         ├── GenerationTimeoutError     GENERATION_TIMEOUT_SECONDS passed
-        └── OutputError                the output was missing, malformed, too big or undownloadable
+        ├── OutputError                the output was missing, malformed, too big or undownloadable
+        └── UnexpectedResponseError    a 2xx answer that isn't the prediction JSON we expect
 
 Third-party exceptions (httpx, replicate) are translated once, in the Replicate adapter; nothing
 else catches them. Neither text ever contains a token: details are built from status codes and
@@ -109,3 +110,17 @@ class GenerationTimeoutError(PermanentError):
 
 class OutputError(PermanentError):
     default_message = "Replicate finished, but the track couldn't be fetched."
+
+
+class UnexpectedResponseError(PermanentError):
+    """Replicate, or a proxy in front of it, answered a request with something other than JSON.
+
+    Permanent because of creates: after a garbled create answer nobody knows whether a billed
+    prediction was started, so creating again could pay twice. The adapter turns a garbled
+    *poll* answer into a transient error instead, since polling again costs nothing.
+    """
+
+    default_message = (
+        "Replicate sent an answer the bot couldn't understand, so your track couldn't be "
+        "made; please try again in a few minutes."
+    )

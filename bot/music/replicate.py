@@ -3,6 +3,12 @@
 It creates predictions with the official client (never `run()` and its `Prefer: wait` traps),
 polls them on its own loop with a deadline, downloads the output at once (Replicate deletes
 it after an hour) and translates every third-party failure into `bot.music.errors`.
+
+`RetryPolicy` is the only retry layer, and every retry it makes is logged. The official client
+wraps any transport in a `RetryTransport` that silently retries GETs on 429/503/504, so only
+creates (POSTs, which it never retries) go through it, on a transport this module owns and
+closes. Polls and cancels use a plain httpx client on the documented routes; the download
+client carries no token, because output files live on another host.
 """
 
 from __future__ import annotations
@@ -10,12 +16,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any, Self
 
 import httpx
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, Field, SecretStr, ValidationError
 from replicate.client import Client
 from replicate.exceptions import ReplicateError
 
@@ -27,12 +33,16 @@ from bot.settings import Settings
 
 log = logging.getLogger(__name__)
 
+EventHook = Callable[[httpx.Response], Awaitable[None]]
+
 TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
 MIN_POLL_INTERVAL = 0.05
 OUTPUT_LIFETIME = timedelta(hours=1)
 _PERCENT = re.compile(r"(\d{1,3}(?:\.\d+)?)%\|")  # tqdm: " 42%|████▏     | 210/500"
 _COUNTER = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$", re.MULTILINE)  # audiocraft: "  210 /   500"
 _SEED = re.compile(r"Using seed:? (\d+)")
+_SECRET = re.compile(r"r8_\w+|(?i:bearer)\s+\S+")  # scrubbed from body excerpts, just in case
+_TAG = re.compile(r"<[^<>]{0,200}>")  # a proxy's HTML page reads better without its markup
 _TRANSIENT_FAILURE = re.compile(
     r"out of memory|CUDA error|OOM|interrupted|worker (?:died|lost|crashed)|timed? ?out|"
     r"connection reset|preempted|internal server error|no space left",
@@ -43,8 +53,8 @@ _TRANSIENT_FAILURE = re.compile(
 class PredictionState(BaseModel):
     """The fields of Replicate's prediction JSON we rely on, any status accepted (even aborted)."""
 
-    id: str
-    status: str
+    id: str = Field(min_length=1)
+    status: str = Field(min_length=1)
     output: Any = None
     logs: str | None = None
     error: Any = None
@@ -73,7 +83,7 @@ class PredictionState(BaseModel):
 
 
 class ReplicateBackend:
-    """MusicGen on Replicate. One instance (one HTTP client pool) per process."""
+    """MusicGen on Replicate. One instance (and so one set of HTTP pools) per process."""
 
     def __init__(
         self,
@@ -93,14 +103,7 @@ class ReplicateBackend:
         self._retry = retry or RetryPolicy()
         self._max_download_bytes = max_download_bytes
         self._http_timeout = http_timeout
-        limits = httpx.Timeout(http_timeout, connect=10.0)
-        self._client = Client(
-            api_token=api_token.get_secret_value(),
-            base_url=base_url,
-            timeout=limits,
-            event_hooks={"response": [_raise_translated]},
-        )
-        self._http = httpx.AsyncClient(timeout=limits, follow_redirects=True)
+        self._open_clients(api_token.get_secret_value(), base_url)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
@@ -119,9 +122,36 @@ class ReplicateBackend:
             max_download_bytes=settings.max_download_bytes,
         )
 
+    def _open_clients(self, token: str, base_url: str) -> None:
+        """Three pools: creates (official client), polls and cancels (ours), downloads (no token).
+
+        They share one TLS context, which is the slow part of building a client.
+        """
+        limits = httpx.Timeout(self._http_timeout, connect=10.0)
+        tls = httpx.create_ssl_context()
+        hooks: dict[str, list[EventHook]] = {"response": [_raise_translated]}
+        self._create_transport = httpx.AsyncHTTPTransport(verify=tls)
+        self._client = Client(
+            api_token=token,
+            base_url=base_url,
+            timeout=limits,
+            transport=self._create_transport,
+            event_hooks=hooks,
+        )
+        self._api = httpx.AsyncClient(
+            base_url=base_url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=limits,
+            event_hooks=hooks,
+            verify=tls,
+        )
+        self._http = httpx.AsyncClient(timeout=limits, follow_redirects=True, verify=tls)
+
     async def aclose(self) -> None:
+        """Close every pool. The official client holds no connection but our transport's."""
         await self._http.aclose()
-        await self._client._async_client.aclose()
+        await self._api.aclose()
+        await self._create_transport.aclose()
 
     # -- the public operations ------------------------------------------------------------
 
@@ -168,11 +198,15 @@ class ReplicateBackend:
         return await self._within_deadline(run, deadline, [prediction_id])
 
     async def cancel(self, prediction_id: str) -> None:
-        """Cancel at Replicate. Cancelling a finished or unknown prediction is not an error."""
+        """Cancel at Replicate, never raising: it runs on the way out of failures and deadlines.
+
+        Cancelling a finished or unknown prediction, or getting an unreadable answer, is logged.
+        """
         try:
-            await self._client._async_request("POST", f"/v1/predictions/{prediction_id}/cancel")
+            await self._api.post(f"/v1/predictions/{prediction_id}/cancel")
         except (errors.GenerationError, httpx.HTTPError) as exc:
-            log.warning("cancel of prediction %s failed: %s", prediction_id, exc)
+            reason = _translate(exc, "cancel").detail
+            log.warning("cancel of prediction %s failed: %s", prediction_id, reason)
         else:
             log.info("cancelled prediction %s", prediction_id)
 
@@ -195,35 +229,45 @@ class ReplicateBackend:
             ) from None
 
     async def _create(self, payload: dict[str, Any]) -> str:
-        """One create request. The client sends POSTs with no timeout at all: bound it here."""
+        """One create request. The client sends POSTs with no timeout at all: bound it here.
+
+        A garbled answer stays an `UnexpectedResponseError` (permanent): a prediction may have
+        been made and billed, so creating again is not safe.
+        """
         try:
             async with asyncio.timeout(self._http_timeout):
-                if self._version:
-                    prediction = await self._client.predictions.async_create(
-                        version=self._version, input=payload
-                    )
-                else:
-                    prediction = await self._client.predictions.async_create(
-                        model=self._model, input=payload
-                    )
+                prediction = await self._send_create(payload)
         except TimeoutError:
             raise errors.ServiceUnavailableError(detail="create timed out") from None
         except (httpx.HTTPError, ReplicateError) as exc:
-            raise _translate(exc) from exc
+            raise _translate(exc, "create") from exc
+        except ValueError as exc:  # the client's own model refused a body our hook let through
+            raise errors.UnexpectedResponseError(
+                detail=f"create answer is not a prediction: {type(exc).__name__}"
+            ) from exc
         log.info("created prediction %s", prediction.id)
         return str(prediction.id)
 
+    def _send_create(self, payload: dict[str, Any]) -> Awaitable[Any]:
+        predictions = self._client.predictions
+        if self._version:
+            return predictions.async_create(version=self._version, input=payload)
+        return predictions.async_create(model=self._model, input=payload)
+
     async def _poll(self, prediction_id: str) -> PredictionState:
+        """One GET on the documented route (the client's own model rejects status `aborted`)."""
         try:
-            response = await self._client._async_request("GET", f"/v1/predictions/{prediction_id}")
+            response = await self._api.get(f"/v1/predictions/{prediction_id}")
+            return _prediction_state(response)
         except errors.ModelNotFoundError as exc:  # a 404 here is about the prediction
             raise errors.OutputError(
                 "Replicate no longer has this generation, so the track can't be fetched.",
                 f"prediction {prediction_id}: {exc.detail}",
             ) from exc
-        except (httpx.HTTPError, ReplicateError) as exc:
-            raise _translate(exc, polling=True) from exc
-        return PredictionState.model_validate(response.json())
+        except errors.UnexpectedResponseError as exc:  # polling again costs nothing
+            raise errors.ServiceUnavailableError(detail=exc.detail) from exc
+        except httpx.HTTPError as exc:
+            raise _translate(exc, "poll") from exc
 
     async def _wait_and_fetch(
         self, prediction_id: str, request: MusicRequest, on_progress: ProgressCallback | None
@@ -262,7 +306,7 @@ class ReplicateBackend:
                 failures = 0
             except errors.TransientError as exc:
                 failures += 1
-                await self._retry.sleep(self._poll_backoff(failures, exc))
+                await self._retry.sleep(self._poll_backoff(prediction_id, failures, exc))
                 continue
             if state.status in TERMINAL:
                 return _check_terminal(state)
@@ -281,9 +325,16 @@ class ReplicateBackend:
             return self._poll_interval
         return max(MIN_POLL_INTERVAL, min(self._poll_interval, eta / 2))
 
-    def _poll_backoff(self, failures: int, exc: errors.TransientError) -> float:
+    def _poll_backoff(self, prediction_id: str, failures: int, exc: errors.TransientError) -> float:
+        """The policy's delay, logged: poll retries are unbounded until the deadline."""
         delay = self._retry.delay(failures, exc)
-        log.info("poll failed (%s); polling again in %.2fs", exc.detail, delay)
+        log.info(
+            "poll of prediction %s failed (%s; %d in a row); polling again in %.2fs",
+            prediction_id,
+            exc.detail,
+            failures,
+            delay,
+        )
         return delay
 
     async def _download(self, url: str) -> bytes:
@@ -313,18 +364,56 @@ class ReplicateBackend:
 
 
 async def _raise_translated(response: httpx.Response) -> None:
-    """httpx response hook: turn Replicate's error answers into our errors, headers in hand."""
-    if response.status_code < 400 or response.url.path.startswith("/files"):
-        return
+    """httpx response hook on the API clients: any answer that isn't a prediction raises ours.
+
+    It runs before the official client parses the body, so a proxy's HTML page, an empty body
+    or JSON without `id` never reaches `json.loads` or pydantic as a raw exception.
+    """
     await response.aread()
-    raise _from_status(response.status_code, _problem(response), response.headers)
+    if response.status_code >= 400:
+        what = f"{response.request.method} {response.url.path}"
+        raise _from_status(response.status_code, _problem(response), response.headers, what)
+    _prediction_state(response)
+
+
+def _prediction_state(response: httpx.Response) -> PredictionState:
+    """The prediction in a 2xx JSON answer, or `UnexpectedResponseError` saying what came."""
+    if not response.is_success or not _is_json(response):
+        raise _unexpected(response, "not a JSON answer")
+    try:
+        return PredictionState.model_validate_json(response.content)
+    except ValidationError as exc:
+        fields = ", ".join(sorted({str(e["loc"][0]) for e in exc.errors() if e["loc"]}))
+        why = f"not a prediction (bad {fields})" if fields else "not a prediction"
+        raise _unexpected(response, why) from exc
+
+
+def _is_json(response: httpx.Response) -> bool:
+    media: str = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def _unexpected(response: httpx.Response, why: str) -> errors.UnexpectedResponseError:
+    kind = response.headers.get("content-type") or "no content type"
+    return errors.UnexpectedResponseError(
+        detail=(
+            f"Replicate answered {response.request.method} {response.url.path} with "
+            f"{response.status_code} ({kind}), {why}: {_excerpt(response.text)!r}"
+        )
+    )
+
+
+def _excerpt(text: str, limit: int = 120) -> str:
+    """A short, single-line, token-free piece of a body, for logs."""
+    flat = " ".join(_SECRET.sub("[redacted]", _TAG.sub(" ", text)).split())
+    return flat if len(flat) <= limit else flat[:limit] + "..."
 
 
 def _problem(response: httpx.Response) -> str:
     try:
         body = response.json()
     except ValueError:
-        return response.text[:200]
+        return _excerpt(response.text, 200)
     if not isinstance(body, dict):
         return str(body)[:200]
     parts = [str(body[key]) for key in ("title", "detail") if body.get(key)]
@@ -332,9 +421,9 @@ def _problem(response: httpx.Response) -> str:
 
 
 def _from_status(
-    status: int, problem: str, headers: httpx.Headers | None = None
+    status: int, problem: str, headers: httpx.Headers | None = None, what: str = "a request"
 ) -> errors.GenerationError:
-    detail = f"Replicate answered {status}: {problem}"
+    detail = f"Replicate answered {status} to {what}: {problem}"
     if status in (401, 403):
         return errors.AuthenticationError(detail=detail)
     if status == 402:
@@ -354,7 +443,8 @@ def _from_status(
     return errors.PermanentError(detail=detail)
 
 
-def _translate(exc: Exception, *, polling: bool = False) -> errors.GenerationError:
+def _translate(exc: Exception, what: str = "request") -> errors.GenerationError:
+    """Our error for any failure of the request named `what` (no third-party error escapes)."""
     if isinstance(exc, errors.GenerationError):
         return exc
     if isinstance(exc, ReplicateError):
@@ -362,7 +452,7 @@ def _translate(exc: Exception, *, polling: bool = False) -> errors.GenerationErr
     if isinstance(exc, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError):
         return errors.ServiceUnavailableError(
             "Couldn't reach Replicate; please try again in a minute.",
-            f"{'poll' if polling else 'request'} failed: {type(exc).__name__}",
+            f"{what} failed: {type(exc).__name__}",
         )
     return errors.ServiceUnavailableError(detail=f"unexpected HTTP failure: {type(exc).__name__}")
 

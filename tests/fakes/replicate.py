@@ -11,7 +11,9 @@ point ``replicate.Client(base_url=fake.base_url)`` at it. It models:
 * the model's own run-time checks, which end a prediction ``failed`` (not a 422);
 * ``POST /v1/predictions/{id}/cancel``, ``Prefer: wait`` on create;
 * real audio files (WAV or MP3) at the output URL;
-* fault injection (HTTP errors with Replicate's RFC 7807 bodies, dropped connections, delays).
+* fault injection (HTTP errors with Replicate's RFC 7807 bodies, dropped connections, delays,
+  and 2xx answers that are not a prediction: a proxy's HTML page, JSON without ``id``);
+* a record of every request and the status it was answered with (``requests``).
 
 Run it by hand with ``python -m tests.fakes.replicate --port 8765``.
 """
@@ -42,6 +44,7 @@ from urllib.parse import urlparse
 import numpy as np
 import soundfile as sf
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +59,7 @@ __all__ = [
     "Headers",
     "HttpFault",
     "Outcome",
+    "RequestRecord",
     "main",
     "render_audio",
     "validate_musicgen_input",
@@ -86,13 +90,14 @@ OutcomeKind = Literal["succeeded", "failed", "canceled", "aborted", "malformed_o
 class HttpFault:
     """An answer the fake gives instead of the normal one.
 
-    ``body`` is sent as ``application/problem+json``; ``text`` (if set) is sent verbatim instead,
-    with the ``Content-Type`` from ``headers`` (default ``text/html``). ``delay`` seconds pass
-    before answering. ``drop_connection`` closes the connection without any answer.
+    ``body`` (any JSON value) is sent as ``application/problem+json``; ``text`` (if set) is sent
+    verbatim instead, with the ``Content-Type`` from ``headers`` (default ``text/html``).
+    ``delay`` seconds pass before answering. ``drop_connection`` closes the connection without
+    any answer.
     """
 
     status: int
-    body: dict[str, Any] | None = None
+    body: Any = None
     headers: dict[str, str] | None = None
     text: str | None = None
     delay: float = 0.0
@@ -195,6 +200,32 @@ class HttpFault:
             f"<center><h1>{status} {reason}</h1></center>\r\n</body>\r\n</html>\r\n"
         )
         return cls(status, text=page, headers={"Content-Type": "text/html"})
+
+    @classmethod
+    def html_page(cls, status: int = 200) -> Self:
+        """A ``text/html`` page where JSON belongs, e.g. a captive portal or a misrouted proxy."""
+        page = (
+            "<!DOCTYPE html>\n<html><head><title>Sign in to the network</title></head>\n"
+            "<body><h1>Please sign in</h1><p>Accept the terms to continue.</p></body></html>\n"
+        )
+        return cls(status, text=page, headers={"Content-Type": "text/html"})
+
+    @classmethod
+    def json_answer(
+        cls, value: Any, *, status: int = 200, content_type: str = "application/json"
+    ) -> Self:
+        """Any JSON ``value`` (a list, a dict missing fields) sent as ``content_type``."""
+        return cls(status, text=json.dumps(value), headers={"Content-Type": content_type})
+
+    @classmethod
+    def json_without_id(cls) -> Self:
+        """200 with prediction-like JSON that has no ``id``."""
+        return cls.json_answer({"status": "processing", "output": None, "logs": "", "error": None})
+
+    @classmethod
+    def empty_answer(cls, status: int = 200) -> Self:
+        """``status`` with ``Content-Type: application/json`` and no body at all."""
+        return cls(status, text="", headers={"Content-Type": "application/json"})
 
     @classmethod
     def disconnect(cls) -> Self:
@@ -483,6 +514,18 @@ class CreateRecord:
     path: str
     status: int = 0  # HTTP status answered; 0 when the connection was dropped
     prediction_id: str | None = None
+
+
+@dataclass
+class RequestRecord:
+    """One request that reached the fake: ``route`` is create, poll, cancel, download or other."""
+
+    method: str
+    path: str
+    route: str
+    headers: Headers
+    at: float
+    status: int = 0  # HTTP status answered; 0 when the connection was dropped
 
 
 def _new_prediction_id() -> str:
@@ -795,12 +838,16 @@ class FakeReplicate:
         self.run_seconds = run_seconds
         self.sample_rate = sample_rate
         self.default_outcome = Outcome.succeeded()
+        # When set, every succeeded prediction's output file holds these bytes instead of a
+        # rendered track (a hostile or broken output: an HTML page, a crafted WAV header).
+        self.output_data: bytes | None = None
 
         self.creates: list[CreateRecord] = []
         self.predictions: dict[str, FakePrediction] = {}
         self.cancels: list[str] = []
         self.polls: list[tuple[str, float]] = []
         self.downloads: list[str] = []
+        self.requests: list[RequestRecord] = []
 
         self._create_faults: deque[HttpFault] = deque()
         self._poll_faults: deque[HttpFault] = deque()
@@ -827,13 +874,16 @@ class FakeReplicate:
     async def start(self, port: int = 0) -> str:
         if self._runner is not None:
             raise RuntimeError("FakeReplicate is already started")
-        app = web.Application()
-        app.router.add_post("/v1/predictions", self._handle_create)
-        app.router.add_get("/v1/predictions/{id}", self._handle_get)
-        app.router.add_post("/v1/predictions/{id}/cancel", self._handle_cancel)
-        app.router.add_post("/v1/models/{owner}/{name}/predictions", self._handle_model_create)
-        app.router.add_route("*", "/v1/{tail:.*}", self._handle_unknown)
-        app.router.add_get("/files/{id}/{name}", self._handle_download)
+        app = web.Application(middlewares=[self._record_request])
+        router = app.router
+        router.add_post("/v1/predictions", self._handle_create, name="create")
+        router.add_get("/v1/predictions/{id}", self._handle_get, name="poll")
+        router.add_post("/v1/predictions/{id}/cancel", self._handle_cancel, name="cancel")
+        router.add_post(
+            "/v1/models/{owner}/{name}/predictions", self._handle_model_create, name="model_create"
+        )
+        router.add_route("*", "/v1/{tail:.*}", self._handle_unknown)
+        router.add_get("/files/{id}/{name}", self._handle_download, name="download")
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", port)
@@ -849,6 +899,22 @@ class FakeReplicate:
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
+
+    @property
+    def open_connections(self) -> int:
+        """Client connections the server holds open right now (keep-alive ones included)."""
+        server = self._runner.server if self._runner is not None else None
+        return len(server.connections) if server is not None else 0
+
+    async def wait_connections_closed(self, timeout: float = 2) -> None:
+        """Wait until no client connection is open (a closed pool's sockets close soon after)."""
+        async with asyncio.timeout(timeout):
+            while self.open_connections:  # noqa: ASYNC110 - aiohttp signals no connection close
+                await asyncio.sleep(0.01)
+
+    def requests_to(self, route: str) -> list[RequestRecord]:
+        """The recorded requests to ``route`` (``create`` covers both create routes)."""
+        return [r for r in self.requests if r.route == route]
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -927,6 +993,22 @@ class FakeReplicate:
         return prediction.to_json(self.base_url, self._wall)
 
     # ---- handlers -----------------------------------------------------------------------
+
+    @web.middleware
+    async def _record_request(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        name = request.match_info.route.name or "other"
+        route = "create" if name == "model_create" else name
+        headers = Headers(request.headers.items())
+        record = RequestRecord(request.method, request.path, route, headers, time.monotonic())
+        self.requests.append(record)
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:  # aiohttp's own 404/405 for paths outside the API
+            record.status = exc.status
+            raise
+        dropped = request.transport is None or request.transport.is_closing()
+        record.status = 0 if dropped else response.status
+        return response
 
     async def _handle_create(self, request: web.Request) -> web.StreamResponse:
         return await self._create(request, model_path=None)
@@ -1077,6 +1159,8 @@ class FakeReplicate:
         return web.Response(body=data, content_type=content_type)
 
     async def _audio_bytes(self, prediction: FakePrediction) -> bytes:
+        if self.output_data is not None:
+            return self.output_data
         lock = self._audio_locks.setdefault(prediction.id, asyncio.Lock())
         async with lock:
             cached = self._audio.get(prediction.id)
