@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
-from collections.abc import AsyncIterator
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
@@ -47,3 +50,31 @@ async def backend(replicate_fake: FakeReplicate) -> AsyncIterator[ReplicateBacke
     backend = make_backend(replicate_fake)
     yield backend
     await backend.aclose()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 16 MiB tmpfs (needs root, as on the CI machines): a disk that can really fill up."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(mount_point)],
+        capture_output=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"can't mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def fill_disk(folder: Path) -> Path:
+    """Write a file until the disk is full; remove it to free the space again."""
+    filler = folder / "filler"
+    with filler.open("wb", buffering=0) as out:
+        for size in (65536, 4096, 512, 1):  # down to the last byte
+            with contextlib.suppress(OSError):
+                while out.write(b"\0" * size):
+                    pass
+    return filler

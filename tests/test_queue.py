@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.jobs.queue import FairQueue
+from bot.jobs.queue import RECENT_TURNS, FairQueue
 
 
 def drain(queue: FairQueue) -> list[int]:
@@ -56,3 +56,32 @@ def test_order_always_predicts_pop(steps: list[tuple[bool, int]]) -> None:
             popped = queue.pop()
             assert popped == (expected[0] if expected else None)
     assert queue.order() == drain(queue)
+
+
+def test_memory_stays_bounded_as_users_come_and_go() -> None:
+    queue = FairQueue()
+    for user in range(10_000):
+        queue.push(user, user)
+        assert queue.pop() == user
+    assert queue.tracked_users() <= 2 * RECENT_TURNS + 1
+
+
+def test_forgotten_turns_order_like_new_users_behind_recent_ones() -> None:
+    queue = FairQueue()
+    for user in range(3 * RECENT_TURNS):  # users 0.. are served once and leave
+        queue.push(user, user)
+        queue.pop()
+    assert queue.tracked_users() < 3 * RECENT_TURNS  # user 0's turn was forgotten
+    recent = 3 * RECENT_TURNS - 1  # served last of all
+    queue.push(recent, 100_001)
+    queue.push(0, 100_002)  # long ago: counts as never served, so goes first
+    queue.push(10**6, 100_003)  # never served: after user 0 by arrival
+    assert drain(queue) == [100_002, 100_003, 100_001]
+
+
+def test_take_serves_a_given_job_and_uses_its_users_turn() -> None:
+    queue = FairQueue()
+    for job, user in [(1, 1), (2, 1), (3, 2)]:
+        queue.push(user, job)
+    assert queue.peek() == 1 and queue.take(1) and not queue.take(1)
+    assert drain(queue) == [3, 2]

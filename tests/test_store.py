@@ -83,6 +83,7 @@ async def test_open_migrates_an_empty_file(store: JobStore, db_path: Path) -> No
     assert versions == [
         (1, "jobs", "2025-03-14T20:48:00.123456Z"),
         (2, "costs_and_delivery", "2025-03-14T20:48:00.123456Z"),
+        (3, "supervision", "2025-03-14T20:48:00.123456Z"),
     ]
     columns = {row[1] for row in read_rows(db_path, "PRAGMA table_info(jobs)")}
     assert columns == {f.name for f in fields(Job)}
@@ -109,7 +110,7 @@ async def test_reopening_does_not_reapply(db_path: Path, clock: Clock) -> None:
 
     async with aiosqlite.connect(db_path, isolation_level=None) as db:
         assert await migrate(db) == []
-        assert await current_version(db) == 2
+        assert await current_version(db) == 3
 
 
 async def test_migrates_a_v1_database_that_holds_jobs(db_path: Path, clock: Clock) -> None:
@@ -152,7 +153,10 @@ async def test_migrates_a_v1_database_that_holds_jobs(db_path: Path, clock: Cloc
     assert delivered.delivered_message_id == 556
     assert delivered.delivered_channel_id == 8
     assert delivered.delivered_at == datetime(2025, 3, 1, 11, 1, tzinfo=UTC)
-    assert [row[0] for row in read_rows(db_path, "SELECT version FROM schema_version")] == [1, 2]
+    assert (queued.token, delivered.token) == ("tok-1", "")  # tokens of ended jobs erased
+    assert (queued.unfinished_runs, queued.delivering_at) == (0, None)
+    versions = [row[0] for row in read_rows(db_path, "SELECT version FROM schema_version")]
+    assert versions == [1, 2, 3]
 
 
 async def test_a_failing_migration_is_rolled_back_whole(db_path: Path) -> None:
@@ -174,9 +178,9 @@ async def test_a_database_newer_than_the_code_is_refused(db_path: Path) -> None:
     await job_store.close()
     conn = sqlite3.connect(db_path)
     with conn:
-        conn.execute("INSERT INTO schema_version VALUES (3, 'future', '2030-01-01T00:00:00Z')")
+        conn.execute("INSERT INTO schema_version VALUES (99, 'future', '2030-01-01T00:00:00Z')")
     conn.close()
-    with pytest.raises(MigrationError, match="schema version 3"):
+    with pytest.raises(MigrationError, match="schema version 99"):
         await JobStore.open(db_path)
 
 
@@ -184,6 +188,7 @@ def test_packaged_migrations_are_numbered_from_one() -> None:
     assert [(m.version, m.name) for m in load_migrations()] == [
         (1, "jobs"),
         (2, "costs_and_delivery"),
+        (3, "supervision"),
     ]
 
 

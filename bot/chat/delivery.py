@@ -3,6 +3,10 @@
 Edits go to the original reply through the interaction's webhook while its token lives (15
 minutes); after that, or when Discord says the token is invalid, the result is posted in the
 channel with the bot token, mentioning only the requester.
+
+A channel post carries a nonce derived from the job with ``enforce_nonce``: if a process dies
+between the post and the commit of the delivery, the next one posts again with the same nonce
+and Discord answers with the message it already made instead of a second copy.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,11 +22,11 @@ from typing import Any
 import discord
 
 from bot.chat import render
-from bot.jobs.scheduler import Delivery, DeliveryError, load_request
+from bot.jobs.scheduler import Claim, Delivery, DeliveryError, load_request
 from bot.jobs.store import Job
-from bot.music.audio import AudioError, fit_to_limit, waveform_png
+from bot.music.audio import AudioError, FittedAudio, fit_to_limit, waveform_png
 from bot.music.backend import Progress, Track
-from bot.music.errors import GenerationError
+from bot.music.errors import GenerationError, OutputError
 from bot.naming import track_filename
 
 log = logging.getLogger(__name__)
@@ -32,6 +37,9 @@ DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
 DEAD_TOKEN = {(401, 50027), (404, 10015)}
 MAX_SHRINKS = 3
 WAVEFORM_NAME = "waveform.png"
+# Finished jobs remembered so that a progress edit still in flight can't overwrite the result;
+# such edits land within moments of the end, so the most recent few thousand are plenty.
+RECENTLY_DONE = 4096
 
 Files = Sequence[tuple[str, bytes]]  # (filename, contents)
 
@@ -51,6 +59,7 @@ class DiscordJobEvents:
         self._flushers: dict[int, asyncio.Task[None]] = {}  # job → edit waiting for its turn
         self._locks: dict[int, asyncio.Lock] = {}
         self._done: set[int] = set()
+        self._done_order: deque[int] = deque()
 
     def attach(self, job_id: int, interaction: discord.Interaction) -> None:
         """Remember the live interaction of a job submitted by this process."""
@@ -70,7 +79,24 @@ class DiscordJobEvents:
     async def on_cancelled(self, job: Job) -> None:
         await self._final(job, content="✖️ Cancelled — nothing was generated or delivered.")
 
-    async def on_finished(self, job: Job, track: Track, *, resumed: bool) -> Delivery:
+    def on_ended(self, job_id: int) -> None:
+        self._mark_done(job_id)
+        self._forget(job_id)
+
+    def footprint(self) -> dict[str, int]:
+        """Entries kept per job: bounded by the jobs in flight (plus RECENTLY_DONE)."""
+        return {
+            "live": len(self._live),
+            "last_edit": len(self._last_edit),
+            "latest": len(self._latest),
+            "flushers": len(self._flushers),
+            "locks": len(self._locks),
+            "done": len(self._done),
+        }
+
+    async def on_finished(
+        self, job: Job, track: Track, *, resumed: bool, claim: Claim
+    ) -> Delivery | None:
         if resumed and (earlier := await self._already_delivered(job)) is not None:
             log.info("job %d: already delivered by an earlier run", job.id)
             return earlier
@@ -78,7 +104,7 @@ class DiscordJobEvents:
         picture = await _waveform(track.data)
         limit = self._upload_limit(job) - len(picture)
         for _ in range(MAX_SHRINKS):
-            fitted = await asyncio.to_thread(fit_to_limit, track.data, limit)
+            fitted = await _fit(track.data, limit)
             if fitted is None:
                 break
             embed = render.track_embed(request, track, fitted.description)
@@ -86,6 +112,8 @@ class DiscordJobEvents:
             if picture:
                 embed.set_image(url=f"attachment://{WAVEFORM_NAME}")
                 files.append((WAVEFORM_NAME, picture))
+            if not await claim():
+                return None
             try:
                 return await self._final(job, embed=embed, files=files)
             except discord.HTTPException as exc:
@@ -94,6 +122,8 @@ class DiscordJobEvents:
                 sent = len(fitted.data) + len(picture)
                 log.info("job %d: %d bytes refused (413); shrinking", job.id, sent)
                 limit = int(sent * 0.8) - len(picture)
+        if not await claim():
+            return None
         return await self._final(job, content=render.too_large_text(track))
 
     # -- editing --------------------------------------------------------------------------------
@@ -147,7 +177,7 @@ class DiscordJobEvents:
     ) -> Delivery:
         """The one last message of a job: the reply edited, or a channel post if that fails."""
         async with self._lock(job.id):
-            self._done.add(job.id)
+            self._mark_done(job.id)
             try:
                 if not self._token_expired(job):
                     return await self._edit(job, content=content or "", embed=embed, files=files)
@@ -201,6 +231,7 @@ class DiscordJobEvents:
                 embed=embed or discord.utils.MISSING,
                 files=_discord_files(files),
                 allowed_mentions=discord.AllowedMentions(users=[discord.Object(job.user_id)]),
+                nonce=delivery_nonce(job),
             )
         except discord.HTTPException as exc:
             if exc.status == 413:
@@ -237,6 +268,14 @@ class DiscordJobEvents:
     def _lock(self, job_id: int) -> asyncio.Lock:
         return self._locks.setdefault(job_id, asyncio.Lock())
 
+    def _mark_done(self, job_id: int) -> None:
+        if job_id in self._done:
+            return
+        self._done.add(job_id)
+        self._done_order.append(job_id)
+        while len(self._done_order) > RECENTLY_DONE:
+            self._done.discard(self._done_order.popleft())
+
     def _forget(self, job_id: int) -> None:
         """Drop a finished job's state; `_done` stays, so a late progress edit is skipped."""
         self._live.pop(job_id, None)
@@ -250,6 +289,22 @@ class DiscordJobEvents:
 
 def _now() -> float:
     return asyncio.get_running_loop().time()
+
+
+def delivery_nonce(job: Job) -> str:
+    """The same for every post of one job's outcome (at most 25 characters, as Discord asks):
+    the interaction's id is unique to the job."""
+    return f"j{job.interaction_id}"[:25]
+
+
+async def _fit(data: bytes, limit: int) -> FittedAudio | None:
+    try:
+        return await asyncio.to_thread(fit_to_limit, data, limit)
+    except AudioError as exc:
+        raise OutputError(
+            "Replicate returned a file that isn't usable audio, so there is no track to post.",
+            f"output audio rejected: {exc}",
+        ) from exc
 
 
 def _discord_files(files: Files) -> list[discord.File]:

@@ -8,10 +8,19 @@ import discord
 from discord import app_commands
 
 from bot.chat import render
+from bot.jobs.scheduler import CancelOutcome
 from bot.jobs.store import Job
 
 if TYPE_CHECKING:
     from bot.chat.app import JamBot
+
+
+CANCEL_ANSWERS = {
+    CancelOutcome.CANCELLED: "Cancelled job #{job}.",
+    CancelOutcome.DELIVERED: "Job #{job} was already delivered, so there is nothing to cancel.",
+    CancelOutcome.FINISHED: "Job #{job} has already finished.",
+    CancelOutcome.UNAVAILABLE: "The bot's database is busy; please try again in a minute.",
+}
 
 
 class JamCommands(app_commands.Group):
@@ -64,11 +73,8 @@ class JamCommands(app_commands.Group):
         if found is None or found.user_id != interaction.user.id:
             await interaction.followup.send(f"You have no job #{job}.")
             return
-        before = await self.bot.scheduler.cancel(job)
-        if before is None:
-            await interaction.followup.send(f"Job #{job} has already finished.")
-            return
-        await interaction.followup.send(f"Cancelled job #{job}.")
+        outcome = await self.bot.scheduler.cancel(job)
+        await interaction.followup.send(CANCEL_ANSWERS[outcome].format(job=job))
 
 
 def _link(job: Job) -> str | None:

@@ -18,7 +18,7 @@ from typing import Literal, Protocol
 
 log = logging.getLogger(__name__)
 
-RefusalReason = Literal["cooldown", "quota", "queue"]
+RefusalReason = Literal["cooldown", "quota", "queue", "storage"]
 
 
 class SubmissionHistory(Protocol):

@@ -2,11 +2,18 @@
 
 So one user's ten jobs don't starve a channel: with users A (three jobs) and B (one, sent
 last) and one slot, the order is A1, B1, A2, A3.
+
+Memory stays bounded however many users come and go: when a user was last served matters only
+against users who are waiting, and against other recent returners. Entries older than both
+the oldest turn of a waiting user and the last `RECENT_TURNS` turns order exactly like "never
+served", so they are dropped.
 """
 
 from __future__ import annotations
 
 from collections import deque
+
+RECENT_TURNS = 1024
 
 
 class FairQueue:
@@ -28,19 +35,33 @@ class FairQueue:
         self._per_user.setdefault(user_id, deque()).append(job_id)
         self._owner[job_id] = user_id
 
-    def pop(self) -> int | None:
-        """The next job: the first waiting job of the user served least recently."""
+    def peek(self) -> int | None:
+        """The job `pop` would return, left in line."""
         if not self._per_user:
             return None
-        user_id = min(self._per_user, key=self._turn_key)
-        jobs = self._per_user[user_id]
-        job_id = jobs.popleft()
-        if not jobs:
-            del self._per_user[user_id]
-        del self._owner[job_id]
+        return self._per_user[min(self._per_user, key=self._turn_key)][0]
+
+    def pop(self) -> int | None:
+        """The next job: the first waiting job of the user served least recently."""
+        job_id = self.peek()
+        if job_id is not None:
+            self.take(job_id)
+        return job_id
+
+    def take(self, job_id: int) -> bool:
+        """Remove `job_id` from the line as served (its user's turn is used). False if absent."""
+        user_id = self._owner.get(job_id)
+        if user_id is None:
+            return False
+        self.remove(job_id)
         self._tick += 1
         self._last_served[user_id] = self._tick
-        return job_id
+        self._forget_old_turns()
+        return True
+
+    def tracked_users(self) -> int:
+        """How many users the queue remembers a turn for (bounded; see the module docstring)."""
+        return len(self._last_served)
 
     def remove(self, job_id: int) -> bool:
         user_id = self._owner.pop(job_id, None)
@@ -73,3 +94,14 @@ class FairQueue:
 
     def _turn_key(self, user_id: int) -> tuple[int, int]:
         return self._last_served.get(user_id, 0), self._per_user[user_id][0]
+
+    def _forget_old_turns(self) -> None:
+        if len(self._last_served) <= 2 * RECENT_TURNS + len(self._per_user):
+            return
+        waiting = [self._last_served.get(user, 0) for user in self._per_user]
+        horizon = min([self._tick - RECENT_TURNS, *waiting])
+        self._last_served = {
+            user: tick
+            for user, tick in self._last_served.items()
+            if tick > horizon or user in self._per_user
+        }

@@ -2,9 +2,14 @@
 
 Invariants:
 - the prediction id is committed to the store before the first poll, so a crash resumes that
-  prediction instead of paying for a new one;
+  prediction instead of paying for a new one; a prediction whose id can't be committed is
+  cancelled at once, never left running unrecorded;
 - every job ends in exactly one terminal status (the store's guarded transitions) and the user
-  sees exactly one outcome;
+  sees exactly one outcome, whatever is raised inside the job: an unexpected exception fails
+  the job with a sentence and logs the traceback;
+- the dispatcher can't die: store errors are retried with a bounded backoff, a bug is logged
+  and dispatching goes on; a full disk refuses new jobs with a sentence and `health()` says so;
+- a job that keeps taking the process down is failed instead of resumed again;
 - shutdown leaves running jobs `running` in the store, to be resumed by the next start.
 """
 
@@ -12,19 +17,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
+import functools
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+from bot.jobs.failures import CrashLoopFailure, InternalFailure, StorageFailure
 from bot.jobs.limits import Limits, Refusal
 from bot.jobs.queue import FairQueue
-from bot.jobs.store import Job, JobStore, NewJob
+from bot.jobs.store import Job, JobStore, NewJob, StoreError
 from bot.music.backend import MusicBackend, Progress, Track
 from bot.music.errors import GenerationError, OutputError, TransientPredictionError
 from bot.music.request import ABSOLUTE_MAX_DURATION, MusicRequest
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Queue positions are pushed to placeholders only this far down the line; further back, the
 # place first shown stands until the job comes within reach (saves a flood of edits).
@@ -32,6 +42,14 @@ POSITION_UPDATES_WITHIN = 20
 # Position edits wait this long and go out together: a burst of commands gets all its
 # "thinking…" acknowledgements first, and a moving line costs one pass, not one per change.
 POSITION_UPDATE_DELAY = 0.2
+# Store retries: the first wait, and the longest (the backoff doubles up to it).
+STORE_RETRY_FIRST = 0.05
+STORE_RETRY_MAX = 5.0
+# How long a created prediction may wait for its id to be committed before it is cancelled.
+RECORD_PREDICTION_WITHIN = 20.0
+# How long start-up waits for a busy store before giving up (the process then exits).
+STARTUP_STORE_WITHIN = 60.0
+DEFAULT_MAX_CRASHES = 3
 
 
 @dataclass(frozen=True)
@@ -46,6 +64,9 @@ class DeliveryError(Exception):
     """The track was made but could not be posted anywhere."""
 
 
+Claim = Callable[[], Awaitable[bool]]
+
+
 class JobEvents(Protocol):
     """How the scheduler tells the front end what happens; the front end knows the chat."""
 
@@ -53,14 +74,41 @@ class JobEvents(Protocol):
 
     async def on_progress(self, job: Job, progress: Progress) -> None: ...
 
-    async def on_finished(self, job: Job, track: Track, *, resumed: bool) -> Delivery:
-        """Post the track (raise DeliveryError if impossible). With `resumed`, check first
-        whether an earlier process already posted it."""
+    async def on_finished(
+        self, job: Job, track: Track, *, resumed: bool, claim: Claim
+    ) -> Delivery | None:
+        """Post the track. Await `claim()` right before posting: False means the job was
+        cancelled meanwhile, so post nothing and return None. Raise DeliveryError if the
+        track can't be posted, or a GenerationError if the audio is unusable. With
+        `resumed`, check first whether an earlier process already posted it."""
         ...
 
     async def on_failed(self, job: Job, error: GenerationError) -> None: ...
 
     async def on_cancelled(self, job: Job) -> None: ...
+
+    def on_ended(self, job_id: int) -> None:
+        """The job will produce no more events: drop whatever is kept for it."""
+        ...
+
+
+class CancelOutcome(enum.Enum):
+    CANCELLED = "cancelled"
+    DELIVERED = "delivered"  # the track is posted or being posted
+    FINISHED = "finished"  # failed, cancelled, or no such job
+    UNAVAILABLE = "unavailable"  # the store couldn't be reached
+
+
+@dataclass(frozen=True)
+class Health:
+    """Whether the scheduler can take and finish work, with a short reason when not."""
+
+    ok: bool
+    reason: str = "ok"
+
+
+class _JobCancelled(Exception):
+    """The job was cancelled between its prediction's create and the commit of its id."""
 
 
 def load_request(job: Job) -> MusicRequest:
@@ -80,6 +128,7 @@ class Scheduler:
         *,
         max_concurrent: int,
         cost_per_second: float,
+        max_crashes: int = DEFAULT_MAX_CRASHES,
     ) -> None:
         self._store = store
         self._backend = backend
@@ -87,6 +136,7 @@ class Scheduler:
         self._limits = limits
         self._max_concurrent = max_concurrent
         self._cost_per_second = cost_per_second
+        self._max_crashes = max_crashes
         self._queue = FairQueue()
         self._waiting: dict[int, Job] = {}
         self._running: dict[int, asyncio.Task[None]] = {}
@@ -97,19 +147,22 @@ class Scheduler:
         self._dispatcher: asyncio.Task[None] | None = None
         self._closing = False
         self._shown_positions: dict[int, int] = {}
+        self._store_trouble: StoreError | None = None
         self.peak_running = 0
 
     # -- life cycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
         """Resume what a previous process left: running jobs first, then the line in order."""
-        for job in await self._store.by_status("running"):
-            if job.prediction_id is None:
-                await self._store.requeue(job.id)
-            else:
-                log.info("job %d: resuming prediction %s", job.id, job.prediction_id)
-                self._launch(job, resumed=True)
-        for job in await self._store.by_status("queued"):
+        running = await self._persist(
+            "list running jobs", lambda: self._store.by_status("running"), STARTUP_STORE_WITHIN
+        )
+        for job in running:
+            await self._resume(job)
+        queued = await self._persist(
+            "list queued jobs", lambda: self._store.by_status("queued"), STARTUP_STORE_WITHIN
+        )
+        for job in queued:
             self._enqueue(job)
         self._dispatcher = asyncio.create_task(self._dispatch(), name="jambot-dispatcher")
         self._wakeup.set()
@@ -118,11 +171,17 @@ class Scheduler:
     async def close(self) -> None:
         """Stop taking and starting work. Running jobs stay `running` in the store."""
         self._closing = True
+        interrupted = list(self._running)
         background = (self._dispatcher, self._position_update, *self._tasks)
         tasks = [t for t in (*background, *self._running.values()) if t]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        try:  # these runs end cleanly: they don't count as crashes
+            async with asyncio.timeout(2.0):
+                await self._store.release_runs(interrupted)
+        except (StoreError, TimeoutError) as exc:
+            log.warning("could not record a clean stop of jobs %s: %s", interrupted, exc)
 
     # -- the API the front end uses ---------------------------------------------------------
 
@@ -131,11 +190,17 @@ class Scheduler:
         (unless a free slot starts it right away, and progress shows instead)."""
         if self._closing:
             return Refusal("queue", None, "The bot is restarting; please try again in a minute.")
-        async with self._user_lock(new_job.user_id):  # check-then-add, one at a time per user
-            refusal = await self._limits.check(new_job.user_id)
-            if refusal is not None:
-                return refusal
-            job = await self._store.add(new_job)
+        try:
+            async with self._user_lock(new_job.user_id):  # check-then-add, one at a time
+                refusal = await self._limits.check(new_job.user_id)
+                if refusal is not None:
+                    return refusal
+                job = await self._store.add(new_job)
+        except StoreError as exc:
+            self._note_store_trouble(exc)
+            log.error("refused a job: the store failed (%s)", exc.detail)
+            return _storage_refusal(exc)
+        self._note_store_ok()
         self._enqueue(job)
         log.info("job %d: queued for user %d", job.id, job.user_id)
         self._wakeup.set()
@@ -153,13 +218,37 @@ class Scheduler:
     def running_count(self) -> int:
         return len(self._running)
 
-    async def cancel(self, job_id: int) -> Job | None:
-        """Cancel a queued or running job. Returns the job as it was, or None if not active."""
-        before = await self._store.cancel(job_id)
-        if before is None:
-            return None
+    def health(self) -> Health:
+        """Not ok while the store fails (busy, full or broken); ok again once it answers."""
+        if self._store.full:
+            return Health(False, "job store full: new jobs are refused until disk space is freed")
+        trouble = self._store_trouble
+        if trouble is None:
+            return Health(True)
+        return Health(False, f"job store {trouble.kind}: {trouble.detail}")
+
+    def footprint(self) -> dict[str, int]:
+        """Entries kept per job or user: all bounded by the jobs and users active now."""
+        return {
+            "waiting": len(self._waiting),
+            "running": len(self._running),
+            "shown_positions": len(self._shown_positions),
+            "user_locks": len(self._user_locks),
+            "background_tasks": len(self._tasks),
+            "queue_users": self._queue.tracked_users(),
+        }
+
+    async def cancel(self, job_id: int) -> CancelOutcome:
+        """Cancel a queued or running job, unless its track is already on its way."""
+        try:
+            before = await self._persist("cancel job", lambda: self._store.cancel(job_id), 5.0)
+            if before is None:
+                return await self._why_not_cancelled(job_id)
+        except StoreError:
+            return CancelOutcome.UNAVAILABLE
         if self._queue.remove(job_id):
             self._waiting.pop(job_id, None)
+            self._shown_positions.pop(job_id, None)
             self._update_positions_soon()
         task = self._running.get(job_id)
         if task is not None:
@@ -167,9 +256,68 @@ class Scheduler:
         elif before.prediction_id is not None:
             await self._backend.cancel(before.prediction_id)
         self._spawn(self._events.on_cancelled(before))
-        return before
+        return CancelOutcome.CANCELLED
 
     # -- internals --------------------------------------------------------------------------
+
+    async def _why_not_cancelled(self, job_id: int) -> CancelOutcome:
+        job = await self._store.get(job_id)
+        if job is not None and (job.status == "delivered" or job.delivering_at is not None):
+            return CancelOutcome.DELIVERED
+        return CancelOutcome.FINISHED
+
+    async def _resume(self, job: Job) -> None:
+        """A job an earlier process left running: resume it, or give it up as a crash loop."""
+        if job.unfinished_runs >= self._max_crashes:
+            log.error(
+                "job %d: took the process down %d times; failing it", job.id, job.unfinished_runs
+            )
+            if job.prediction_id is not None:
+                await self._backend.cancel(job.prediction_id)
+            await self._fail(job, CrashLoopFailure(job.unfinished_runs))
+            return
+        if job.prediction_id is None:  # it crashed before its prediction was made
+            await self._persist("requeue job", lambda: self._store.requeue(job.id))
+            return
+        resumed = await self._persist("resume job", lambda: self._store.resume(job.id))
+        if resumed is not None:
+            log.info("job %d: resuming prediction %s", job.id, job.prediction_id)
+            self._launch(resumed, resumed=True)
+
+    async def _persist(
+        self, what: str, operation: Callable[[], Awaitable[T]], within: float | None = None
+    ) -> T:
+        """Run a store operation, retrying store failures with a bounded backoff.
+
+        Without `within`, retries until the store answers (a job's outcome must not be
+        lost); with it, re-raises the StoreError once that many seconds would be exceeded.
+        """
+        loop = asyncio.get_running_loop()
+        give_up_at = None if within is None else loop.time() + within
+        delay = STORE_RETRY_FIRST
+        while True:
+            try:
+                result = await operation()
+            except StoreError as exc:
+                self._note_store_trouble(exc)
+                if give_up_at is not None and loop.time() + delay > give_up_at:
+                    raise
+                log.warning("store: %s failed (%s); retrying in %.2fs", what, exc.detail, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, STORE_RETRY_MAX)
+                continue
+            self._note_store_ok()
+            return result
+
+    def _note_store_trouble(self, exc: StoreError) -> None:
+        if self._store_trouble is None or self._store_trouble.kind != exc.kind:
+            log.error("job store unhealthy (%s): %s", exc.kind, exc.detail)
+        self._store_trouble = exc
+
+    def _note_store_ok(self) -> None:
+        if self._store_trouble is not None:
+            log.warning("job store healthy again")
+            self._store_trouble = None
 
     @contextlib.asynccontextmanager
     async def _user_lock(self, user_id: int) -> AsyncIterator[None]:
@@ -189,21 +337,32 @@ class Scheduler:
         self._waiting[job.id] = job
 
     async def _dispatch(self) -> None:
-        while True:
+        """Start waiting jobs whenever a slot frees. Nothing raised here stops it."""
+        while not self._closing:
             await self._wakeup.wait()
             self._wakeup.clear()
-            moved = False
-            while len(self._running) < self._max_concurrent and len(self._queue):
-                job_id = self._queue.pop()
-                assert job_id is not None
-                self._waiting.pop(job_id, None)
-                self._shown_positions.pop(job_id, None)
-                job = await self._store.start(job_id)
-                if job is not None:
-                    self._launch(job, resumed=False)
-                moved = True
-            if moved:
-                self._update_positions_soon()
+            try:
+                await self._start_waiting_jobs()
+            except Exception:
+                log.exception("dispatcher: unexpected failure; dispatching goes on")
+                await asyncio.sleep(1.0)
+                self._wakeup.set()
+
+    async def _start_waiting_jobs(self) -> None:
+        moved = False
+        while len(self._running) < self._max_concurrent and len(self._queue):
+            job_id = self._queue.peek()
+            assert job_id is not None
+            job = await self._persist("start job", functools.partial(self._store.start, job_id))
+            if not self._queue.take(job_id):
+                continue  # cancelled while the store was busy: the store refused the start
+            self._waiting.pop(job_id, None)
+            self._shown_positions.pop(job_id, None)
+            if job is not None:
+                self._launch(job, resumed=False)
+            moved = True
+        if moved:
+            self._update_positions_soon()
 
     def _update_positions_soon(self) -> None:
         if self._position_update is None and not self._closing:
@@ -213,7 +372,10 @@ class Scheduler:
         """Show each waiting job its place: first time always, then when it moves within reach."""
         await asyncio.sleep(POSITION_UPDATE_DELAY)
         self._position_update = None
-        for job_id, position in self._queue.positions().items():
+        positions = self._queue.positions()
+        for job_id in [j for j in self._shown_positions if j not in positions]:
+            del self._shown_positions[job_id]
+        for job_id, position in positions.items():
             shown = self._shown_positions.get(job_id)
             if shown == position or (shown is not None and position > POSITION_UPDATES_WITHIN):
                 continue
@@ -229,6 +391,7 @@ class Scheduler:
     def _finished(self, job_id: int) -> None:
         self._running.pop(job_id, None)
         if not self._closing:
+            self._events.on_ended(job_id)
             self._wakeup.set()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -238,17 +401,24 @@ class Scheduler:
         task.add_done_callback(self._tasks.discard)
 
     async def _run(self, job: Job, resumed: bool) -> None:
+        """One job, supervised: whatever is raised, it ends in one terminal status."""
         prediction: list[str] = [job.prediction_id] if job.prediction_id else []
         try:
             track = await self._generate(job, prediction)
+            await self._deliver(job, track, resumed=resumed)
         except asyncio.CancelledError:
-            if not self._closing and prediction:
+            if not self._closing and prediction:  # the user cancelled: stop paying
                 await asyncio.shield(self._backend.cancel(prediction[-1]))
             raise
+        except _JobCancelled:
+            await self._backend.cancel(prediction[-1])
         except GenerationError as exc:
             await self._fail(job, exc)
-            return
-        await self._deliver(job, track, resumed=resumed)
+        except StoreError as exc:
+            await self._fail(job, StorageFailure(detail=exc.detail))
+        except Exception as exc:
+            log.exception("job %d: unexpected failure", job.id)
+            await self._fail(job, InternalFailure(detail=f"{type(exc).__name__}: {exc}"))
 
     async def _generate(self, job: Job, prediction: list[str]) -> Track:
         request = load_request(job)
@@ -267,32 +437,66 @@ class Scheduler:
 
         async def created(prediction_id: str) -> None:
             prediction.append(prediction_id)
-            if not await self._store.set_prediction(job.id, prediction_id):
-                raise asyncio.CancelledError  # cancelled between create and commit
+            await self._record_prediction(job, prediction_id)
 
         return await self._backend.generate(request, on_progress=progress, on_created=created)
 
+    async def _record_prediction(self, job: Job, prediction_id: str) -> None:
+        """Commit the prediction id before the first poll; if that's impossible, cancel it."""
+        try:
+            recorded = await self._persist(
+                "record prediction",
+                lambda: self._store.set_prediction(job.id, prediction_id),
+                RECORD_PREDICTION_WITHIN,
+            )
+        except StoreError:
+            log.error("job %d: prediction %s not recorded; cancelling it", job.id, prediction_id)
+            await self._backend.cancel(prediction_id)
+            raise
+        if not recorded:
+            raise _JobCancelled
+
     async def _fail(self, job: Job, error: GenerationError) -> None:
         log.info("job %d: failed: %s", job.id, error.detail)
-        if await self._store.fail(job.id, error=error.user_message, detail=error.detail):
+        changed = await self._persist(
+            "record failure",
+            lambda: self._store.fail(job.id, error=error.user_message, detail=error.detail),
+        )
+        if changed:
             await _logged(self._events.on_failed(job, error))
 
     async def _deliver(self, job: Job, track: Track, *, resumed: bool) -> None:
         cost = (track.predict_time or 0.0) * self._cost_per_second
-        await self._store.record_result(
-            job.id, seed=track.seed, predict_time=track.predict_time, cost_estimate=cost
+        await self._persist(
+            "record result",
+            lambda: self._store.record_result(
+                job.id, seed=track.seed, predict_time=track.predict_time, cost_estimate=cost
+            ),
         )
-        current = await self._store.get(job.id)
+        current = await self._persist("read job", lambda: self._store.get(job.id))
         if current is None or current.status != "running":
             return  # cancelled while downloading: the user already saw "cancelled"
+
+        async def claim() -> bool:
+            return await self._persist(
+                "record delivery intent", lambda: self._store.mark_delivering(job.id)
+            )
+
         try:
-            where = await self._events.on_finished(current, track, resumed=resumed)
+            where = await self._events.on_finished(current, track, resumed=resumed, claim=claim)
         except DeliveryError as exc:
             log.warning("job %d: delivery failed: %s", job.id, exc)
             error = OutputError("The track was made, but Discord refused to post it.", str(exc))
             await self._fail(job, error)
             return
-        await self._store.deliver(job.id, message_id=where.message_id, channel_id=where.channel_id)
+        if where is None:
+            return  # cancelled before the post: nothing was posted
+        await self._persist(
+            "record delivery",
+            lambda: self._store.deliver(
+                job.id, message_id=where.message_id, channel_id=where.channel_id
+            ),
+        )
         log.info(
             "job %d: delivered (seed %s, %.1fs on GPU, ~$%.4f)",
             job.id,
@@ -300,6 +504,17 @@ class Scheduler:
             track.predict_time or 0.0,
             cost,
         )
+
+
+def _storage_refusal(exc: StoreError) -> Refusal:
+    if exc.kind == "full":
+        text = (
+            "The bot can't take new tracks right now: its storage is full. The owner has been "
+            "told; tracks already in progress will still arrive."
+        )
+    else:
+        text = "The bot's database is busy right now; please try again in a minute."
+    return Refusal("storage", None, text)
 
 
 async def _logged(coro: Coroutine[Any, Any, None]) -> None:

@@ -20,13 +20,26 @@ Guarantees:
   in the ``sqlite3`` shell, ordered as plain strings, and cast directly to ``TIMESTAMPTZ`` by
   Postgres. In Python every datetime is timezone-aware UTC; naive ones are refused.
 * The interaction token is never logged and never shown in ``repr``; aiosqlite's own debug
-  records, which repeat each query's parameters, are dropped for the same reason.
+  records, which repeat each query's parameters, are dropped for the same reason. A job's token
+  is erased when the job ends, and the database files are created readable by their owner only.
+* SQLite's failures reach callers as ``StoreError``s that say what kind they are: busy (another
+  connection holds the write lock past the busy timeout: worth retrying), full (the disk or the
+  database's page limit), or broken. Callers never catch ``sqlite3`` exceptions.
+* A full disk must not strand the jobs already running: next to the database lies
+  ``<file>.reserve``, a few MiB of ballast. The first "disk full" deletes it, so the writes that
+  finish running jobs have room, while :meth:`add` refuses new jobs (StoreFullError) until the
+  ballast can be written again, that is until the operator has freed space.
+* ``open(..., exclusive=True)`` (what ``jambot run`` uses) holds an advisory lock on
+  ``<file>.lock`` for as long as the store is open, so a second bot process on the same file
+  refuses to start instead of resuming (and paying for) the same jobs twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
@@ -61,6 +74,48 @@ if not any(isinstance(f, _DropDebugRecords) for f in _aiosqlite_log.filters):
 
 DEFAULT_BUSY_TIMEOUT = 5.0
 """Seconds a connection waits for another one's write lock before giving up."""
+
+OWNER_ONLY = 0o600
+RESERVE_BYTES = 4 * 1024 * 1024
+"""Ballast kept on the database's disk, given up when it fills (see the module docstring)."""
+
+
+class StoreError(Exception):
+    """The database could not do what was asked. ``kind`` says whether retrying may help."""
+
+    kind = "broken"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class StoreBusyError(StoreError):
+    """Another connection (a ``sqlite3`` shell, a backup tool) held the write lock too long."""
+
+    kind = "busy"
+
+
+class StoreFullError(StoreError):
+    """The disk, or the database's size limit, is full: nothing new can be written."""
+
+    kind = "full"
+
+
+class DatabaseInUseError(StoreError):
+    """Another process has this database open with ``exclusive=True``."""
+
+    kind = "in use"
+
+
+def _translate(exc: sqlite3.Error) -> StoreError:
+    name = str(getattr(exc, "sqlite_errorname", "") or "")
+    text = str(exc)
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text or "busy" in text:
+        return StoreBusyError(f"database busy: {text}")
+    if name.startswith("SQLITE_FULL") or "is full" in text:
+        return StoreFullError(f"database full: {text}")
+    return StoreError(f"database error: {text}")
 
 
 class JobNotFound(LookupError):
@@ -105,6 +160,8 @@ class Job:
     delivered_message_id: int | None
     delivered_channel_id: int | None
     delivered_at: datetime | None
+    unfinished_runs: int = 0
+    delivering_at: datetime | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -143,6 +200,8 @@ class Job:
             delivered_message_id=row["delivered_message_id"],
             delivered_channel_id=row["delivered_channel_id"],
             delivered_at=_optional_time(row["delivered_at"]),
+            unfinished_runs=row["unfinished_runs"],
+            delivering_at=_optional_time(row["delivering_at"]),
         )
 
 
@@ -188,11 +247,21 @@ class JobStore:
     same file are kept consistent by SQLite's locking.
     """
 
-    def __init__(self, db: aiosqlite.Connection, *, now: Callable[[], datetime] = utc_now) -> None:
+    def __init__(
+        self,
+        db: aiosqlite.Connection,
+        *,
+        now: Callable[[], datetime] = utc_now,
+        lock_fd: int | None = None,
+        path: Path | None = None,
+    ) -> None:
         """Wrap an open, migrated connection; use :meth:`open` instead."""
         self._db: aiosqlite.Connection | None = db
         self._now = now
         self._lock = asyncio.Lock()
+        self._lock_fd = lock_fd
+        self._reserve = _reserve_path(path) if path and path.name != ":memory:" else None
+        self._full = False
 
     @classmethod
     async def open(
@@ -201,36 +270,32 @@ class JobStore:
         *,
         now: Callable[[], datetime] = utc_now,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        exclusive: bool = False,
     ) -> JobStore:
         """Open (creating it and its folder if needed) and migrate the database at `path`.
 
-        `now` is the clock used for every timestamp; tests inject a fixed one.
+        `now` is the clock used for every timestamp; tests inject a fixed one. With
+        `exclusive`, raise DatabaseInUseError if another process holds the file that way.
+        Other failures to open or migrate raise StoreError.
         """
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout)
+        lock_fd = await asyncio.to_thread(_prepare_files, path, exclusive)
         try:
-            db.row_factory = sqlite3.Row
-            await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-            async with db.execute("PRAGMA journal_mode = WAL") as cursor:
-                row = await cursor.fetchone()
-            if row is None or str(row[0]).lower() != "wal":
-                log.warning("Could not switch %s to WAL mode (journal mode: %s)", path, row)
-            await db.execute("PRAGMA synchronous = FULL")
-            await db.execute("PRAGMA foreign_keys = ON")
-            await migrate(db, now=now)
+            db = await _connect(path, busy_timeout, now)
         except BaseException:
-            await db.close()
+            _unlock(lock_fd)
             raise
         log.debug("Opened job database %s", path)
-        return cls(db, now=now)
+        return cls(db, now=now, lock_fd=lock_fd, path=path)
 
     async def close(self) -> None:
-        """Close the connection. Safe to call twice."""
+        """Close the connection (and release the process lock). Safe to call twice."""
         db, self._db = self._db, None
         if db is not None:
             async with self._lock:
                 await db.close()
+        lock_fd, self._lock_fd = self._lock_fd, None
+        _unlock(lock_fd)
 
     async def __aenter__(self) -> Self:
         return self
@@ -245,8 +310,18 @@ class JobStore:
 
     # -- creating and reading -------------------------------------------------------------
 
+    @property
+    def full(self) -> bool:
+        """Whether the disk filled up and new jobs are refused until space is freed."""
+        return self._full
+
     async def add(self, job: NewJob) -> Job:
-        """Store a new job with status ``queued`` and return it as stored."""
+        """Store a new job with status ``queued`` and return it as stored.
+
+        Raises StoreFullError while the disk is full (see the module docstring).
+        """
+        if self._full:
+            await self._try_to_recover_space()
         now = self._timestamp()
         async with self._write() as db:
             async with db.execute(
@@ -390,13 +465,15 @@ class JobStore:
     async def start(self, job_id: int) -> Job | None:
         """queued → running: count an attempt and set ``started_at`` (the latest attempt's).
 
-        Returns the job as it now is, or None if it was not queued.
+        Also counts a run that has not finished (see :meth:`resume`). Returns the job as it now
+        is, or None if it was not queued.
         """
         now = self._timestamp()
         async with self._write() as db:
             changed = await self._update(
                 db,
                 "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?,"
+                " unfinished_runs = unfinished_runs + 1,"
                 " updated_at = ? WHERE id = ? AND status = 'queued'",
                 (now, now, job_id),
             )
@@ -405,13 +482,56 @@ class JobStore:
             log.info("Job %d started (attempt %d)", job.id, job.attempts)
         return job
 
+    async def resume(self, job_id: int) -> Job | None:
+        """Count one more run of a job left ``running`` by an earlier process.
+
+        ``unfinished_runs`` goes up at every start and resume and down again only when a
+        process shuts down cleanly (:meth:`release_runs`), so it counts the runs that ended in
+        a crash. Returns the job as it now is, or None if it is not running.
+        """
+        async with self._write() as db:
+            changed = await self._update(
+                db,
+                "UPDATE jobs SET unfinished_runs = unfinished_runs + 1, updated_at = ?"
+                " WHERE id = ? AND status = 'running'",
+                (self._timestamp(), job_id),
+            )
+            return await self._select(db, job_id) if changed else None
+
+    async def release_runs(self, job_ids: Iterable[int]) -> None:
+        """A clean shutdown: these running jobs' current runs did not crash."""
+        ids = list(job_ids)
+        if not ids:
+            return
+        async with self._write() as db:
+            await db.execute(
+                "UPDATE jobs SET unfinished_runs = unfinished_runs - 1"
+                f" WHERE id IN ({_placeholders(len(ids))}) AND status = 'running'"
+                " AND unfinished_runs > 0",
+                ids,
+            )
+
+    async def mark_delivering(self, job_id: int) -> bool:
+        """Record the intent to post a running job's track, before posting it.
+
+        False if the job is no longer running (cancelled meanwhile: don't post). Once marked,
+        a cancel is refused (the track is on its way) and stays so; marking again is harmless.
+        """
+        async with self._write() as db:
+            return await self._update(
+                db,
+                "UPDATE jobs SET delivering_at = COALESCE(delivering_at, ?), updated_at = ?"
+                " WHERE id = ? AND status = 'running'",
+                (self._timestamp(), self._timestamp(), job_id),
+            )
+
     async def deliver(self, job_id: int, *, message_id: int, channel_id: int) -> bool:
         """running → delivered, recording where the track was posted. True only once."""
         now = self._timestamp()
         async with self._write() as db:
             changed = await self._update(
                 db,
-                "UPDATE jobs SET status = 'delivered', delivered_message_id = ?,"
+                "UPDATE jobs SET status = 'delivered', token = '', delivered_message_id = ?,"
                 " delivered_channel_id = ?, delivered_at = ?, finished_at = ?, updated_at = ?"
                 " WHERE id = ? AND status = 'running'",
                 (message_id, channel_id, now, now, now, job_id),
@@ -425,7 +545,7 @@ class JobStore:
         async with self._write() as db:
             changed = await self._update(
                 db,
-                "UPDATE jobs SET status = 'failed', error = ?, error_detail = ?,"
+                "UPDATE jobs SET status = 'failed', token = '', error = ?, error_detail = ?,"
                 f" finished_at = ?, updated_at = ? WHERE id = ? AND status IN {_ACTIVE_SQL}",
                 (error, detail, now, now, job_id),
             )
@@ -433,18 +553,19 @@ class JobStore:
         return changed
 
     async def cancel(self, job_id: int) -> Job | None:
-        """queued|running → cancelled.
+        """queued|running → cancelled, unless the track is already being delivered.
 
         Returns the job as it was just before (its status and prediction id tell the caller
-        whether a prediction must be cancelled at Replicate), or None if it was not active.
+        whether a prediction must be cancelled at Replicate), or None if it was not active or
+        its delivery had begun (``delivering_at`` set).
         """
         now = self._timestamp()
         async with self._write() as db:
             before = await self._select(db, job_id)
             changed = before is not None and await self._update(
                 db,
-                "UPDATE jobs SET status = 'cancelled', finished_at = ?, updated_at = ?"
-                f" WHERE id = ? AND status IN {_ACTIVE_SQL}",
+                "UPDATE jobs SET status = 'cancelled', token = '', finished_at = ?, updated_at = ?"
+                f" WHERE id = ? AND status IN {_ACTIVE_SQL} AND delivering_at IS NULL",
                 (now, now, job_id),
             )
         self._log_transition(job_id, "cancelled", changed)
@@ -480,7 +601,8 @@ class JobStore:
     async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
         """One write transaction, holding the database's write lock from its first statement.
 
-        Commits on success, rolls back on any exception (cancellation included).
+        Commits on success, rolls back on any exception (cancellation included); SQLite's
+        failures are raised as StoreError.
         """
         async with self._lock:
             db = self._connection()
@@ -489,14 +611,37 @@ class JobStore:
                 await db.execute("BEGIN IMMEDIATE")
                 yield db
                 await db.execute("COMMIT")
-            except BaseException:
-                with suppress(sqlite3.OperationalError):  # the transaction had already ended
+            except BaseException as exc:
+                with suppress(sqlite3.Error):  # the transaction had already ended
                     await db.execute("ROLLBACK")
-                raise
+                if not _is_translatable(exc):
+                    raise
+                error = _translate(exc)  # type: ignore[arg-type]
+                if isinstance(error, StoreFullError):
+                    await self._give_up_reserve()
+                raise error from exc
+
+    async def _give_up_reserve(self) -> None:
+        if not self._full:
+            log.error("The job database's disk is full: new jobs are refused until space is freed")
+        self._full = True
+        if self._reserve is not None:
+            await asyncio.to_thread(_remove_reserve, self._reserve)
+
+    async def _try_to_recover_space(self) -> None:
+        if self._reserve is None or not await asyncio.to_thread(_write_reserve, self._reserve):
+            raise StoreFullError("database full: the disk has no room for new jobs")
+        log.warning("The job database's disk has room again: new jobs are accepted")
+        self._full = False
 
     async def _read(self, sql: str, parameters: Iterable[Any]) -> list[sqlite3.Row]:
         async with self._lock:
-            return list(await self._connection().execute_fetchall(sql, tuple(parameters)))
+            try:
+                return list(await self._connection().execute_fetchall(sql, tuple(parameters)))
+            except sqlite3.Error as exc:
+                if _is_translatable(exc):
+                    raise _translate(exc) from exc
+                raise
 
     @staticmethod
     async def _select(db: aiosqlite.Connection, job_id: int) -> Job | None:
@@ -515,3 +660,97 @@ class JobStore:
             log.info("Job %d %s", job_id, outcome)
         else:
             log.debug("Job %d not %s: it was not in a status that allows it", job_id, outcome)
+
+
+def _is_translatable(exc: BaseException) -> bool:
+    """SQLite's operational failures (busy, full, I/O, corrupt); not our own bugs."""
+    return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
+
+
+async def _connect(
+    path: Path, busy_timeout: float, now: Callable[[], datetime]
+) -> aiosqlite.Connection:
+    try:
+        db = await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout)
+    except sqlite3.Error as exc:
+        raise _translate(exc) from exc
+    try:
+        db.row_factory = sqlite3.Row
+        await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        async with db.execute("PRAGMA journal_mode = WAL") as cursor:
+            row = await cursor.fetchone()
+        if row is None or str(row[0]).lower() != "wal":
+            log.warning("Could not switch %s to WAL mode (journal mode: %s)", path, row)
+        await db.execute("PRAGMA synchronous = FULL")
+        await db.execute("PRAGMA foreign_keys = ON")
+        await migrate(db, now=now)
+    except BaseException as exc:
+        await db.close()
+        if _is_translatable(exc):
+            raise _translate(exc) from exc  # type: ignore[arg-type]
+        raise
+    return db
+
+
+def _prepare_files(path: Path, exclusive: bool) -> int | None:
+    """Create the folder, make the database files owner-only, take the process lock."""
+    if path.name == ":memory:":
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, OWNER_ONLY))
+    # SQLite gives the -wal and -shm files the database file's permissions.
+    for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
+        with suppress(FileNotFoundError):
+            os.chmod(path.with_name(name), OWNER_ONLY)
+    _write_reserve(_reserve_path(path))
+    return _lock_exclusively(path) if exclusive else None
+
+
+def _reserve_path(path: Path) -> Path:
+    return path.with_name(f"{path.name}.reserve")
+
+
+def _write_reserve(path: Path) -> bool:
+    """Make sure the ballast file exists at full size; False if the disk has no room."""
+    with suppress(FileNotFoundError):
+        if path.stat().st_size >= RESERVE_BYTES:
+            return True
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, OWNER_ONLY)
+        try:
+            os.posix_fallocate(fd, 0, RESERVE_BYTES)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        log.debug("could not write the disk reserve %s: %s", path, exc)
+        with suppress(OSError):
+            os.remove(path)
+        return False
+    return True
+
+
+def _remove_reserve(path: Path) -> None:
+    with suppress(FileNotFoundError):
+        os.remove(path)
+        log.warning("Released the %d MiB disk reserve %s", RESERVE_BYTES >> 20, path)
+
+
+def _lock_exclusively(path: Path) -> int:
+    """An advisory lock on ``<file>.lock``, released by the kernel if the process dies."""
+    lock_path = path.with_name(f"{path.name}.lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, OWNER_ONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DatabaseInUseError(
+            f"another jambot process is already using {path} (locked by {lock_path})"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _unlock(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)  # closing the descriptor releases the flock
