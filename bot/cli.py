@@ -6,35 +6,40 @@ import argparse
 import asyncio
 import base64
 import logging
-import mimetypes
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from bot.logs import configure_logging
 from bot.music.backend import Progress, Track
 from bot.music.errors import GenerationError, InvalidRequestError
 from bot.music.request import AudioFormat, ModelVersion, MusicRequest, Normalization
 from bot.naming import track_filename
-from bot.settings import ConfigError, Settings
+from bot.settings import ConfigError, Settings, describe_setting_error
 
 log = logging.getLogger(__name__)
 
 MAX_LOCAL_AUDIO_BYTES = 5 * 1024 * 1024
+AUDIO_MIME_TYPES = {
+    "wav": "audio/wav",
+    "mp3": "audio/mpeg",
+    "flac": "audio/flac",
+    "ogg": "audio/ogg",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; whatever stops it ends as one `jambot:` line and an exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
-        logging.basicConfig(
-            level=settings.log_level.upper(),
-            format="%(asctime)s %(levelname)-8s %(name)s: %(message)s",
-        )
-        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll is noise
+        configure_logging(settings)
         result: int = args.handler(args, settings)
         return result
     except ConfigError as exc:
@@ -42,6 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug: its traceback goes through the scrubbed log handler
+        log.error("jambot stopped", exc_info=exc)
+        print(f"jambot: stopped on an unexpected {type(exc).__name__}.", file=sys.stderr)
+        return 1
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -52,10 +61,7 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        error = exc.errors()[0]
-        name = str(error["loc"][0]).upper() if error["loc"] else "a setting"
-        reason = error["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"{name} is invalid ({reason}): see .env.example.") from None
+        raise ConfigError(describe_setting_error(exc.errors()[0])) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -90,13 +96,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
-    from bot.chat.app import run_bot
+    from bot.runner import run_bot
 
     return run_bot(settings)
 
 
 def _sync(args: argparse.Namespace, settings: Settings) -> int:
-    from bot.chat.app import sync_commands
+    from bot.runner import sync_commands
 
     return sync_commands(settings, guild_id=args.guild)
 
@@ -107,6 +113,7 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
         request = MusicRequest.parse(
             _request_options(args), max_duration=settings.max_duration_seconds
         )
+        _check_out(args.out)
     except InvalidRequestError as exc:
         print(f"jambot: {exc.user_message}", file=sys.stderr)
         return 2
@@ -118,11 +125,7 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
         log.debug("generation failed: %s", exc.detail)
         return 1
     _clear_line()
-    out = args.out or Path(track_filename(request.prompt, track.seed, track.format))
-    out.write_bytes(track.data)
-    seed = track.seed if track.seed is not None else "unknown"
-    print(f"Wrote {out} ({len(track.data):,} bytes, {track.format}); seed {seed}")
-    return 0
+    return _save(track, args.out or Path(track_filename(request.prompt, track.seed, track.format)))
 
 
 def _request_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -147,19 +150,94 @@ def _request_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _audio_input(value: str) -> str:
-    """A URL is passed through; a local file becomes a data URI (Replicate accepts both)."""
+    """A URL is passed through; a local file becomes a data URI (Replicate accepts both).
+
+    The file must decode as audio: anything else would be sent, billed, and then fail.
+    """
     if value.startswith(("http://", "https://")):
         return value
     path = Path(value)
     if not path.is_file():
-        raise InvalidRequestError(f"--audio: no such file: {value}")
+        raise InvalidRequestError(f"--audio: no such file: {value}.")
+    if path.stat().st_size > MAX_LOCAL_AUDIO_BYTES:
+        raise InvalidRequestError("--audio: the file must be at most 5 MB.")
     data = path.read_bytes()
-    if len(data) > MAX_LOCAL_AUDIO_BYTES:
-        raise InvalidRequestError("--audio: the file must be at most 5 MB")
-    mime = mimetypes.guess_type(path.name)[0] or "audio/wav"
-    if not mime.startswith("audio/"):
-        mime = "audio/wav"
+    mime = _audio_mime(data, value)
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def _audio_mime(data: bytes, name: str) -> str:
+    from bot.music.audio import AudioError, probe  # numpy and libsndfile: only when needed
+
+    try:
+        found = probe(data).format
+    except AudioError:
+        raise InvalidRequestError(
+            f"--audio: {name} isn't an audio file jambot can read (WAV, MP3, FLAC or Ogg)."
+        ) from None
+    return AUDIO_MIME_TYPES.get(found, f"audio/{found}")
+
+
+def _check_out(out: Path | None) -> None:
+    """Refuse, before anything is paid for, a destination the track could not be written to."""
+    folder = out.parent if out is not None else Path.cwd()
+    if out is not None and out.is_dir():
+        raise InvalidRequestError(f"--out: {out} is a folder; give a file name inside it.")
+    if not folder.is_dir():
+        problem = "isn't a folder" if folder.exists() else "doesn't exist"
+        raise InvalidRequestError(f"--out: {folder} {problem}.")
+    if out is not None and out.exists() and not os.access(out, os.W_OK):
+        raise InvalidRequestError(f"--out: {out} can't be overwritten (no permission).")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError:
+        if out is None:
+            raise InvalidRequestError(
+                f"The current folder {folder} isn't writable: give --out a path you can write to."
+            ) from None
+        raise InvalidRequestError(f"--out: the folder {folder} isn't writable.") from None
+
+
+def _save(track: Track, out: Path) -> int:
+    """Write the paid-for track to `out`, or, if that fails after all, anywhere it can go."""
+    try:
+        out.write_bytes(track.data)
+    except OSError as exc:
+        saved = _save_elsewhere(track.data, out.name)
+        reason = exc.strerror or type(exc).__name__
+        if saved is None:
+            print(f"jambot: couldn't write {out} ({reason}), nor a copy anywhere.", file=sys.stderr)
+            print(f"The track stays downloadable for an hour at {track.output_url}")
+            return 1
+        print(f"jambot: couldn't write {out} ({reason}); saved it as {saved}.", file=sys.stderr)
+        _report(track, saved)
+        return 1
+    _report(track, out)
+    return 0
+
+
+def _save_elsewhere(data: bytes, name: str) -> Path | None:
+    """A fresh file named after `name` in the current folder, else in the temp folder."""
+    stem, suffix = Path(name).stem or "track", Path(name).suffix
+    for folder in (Path.cwd(), Path(tempfile.gettempdir())):
+        try:
+            handle, path = tempfile.mkstemp(prefix=f"{stem}-", suffix=suffix, dir=folder)
+        except OSError:
+            continue
+        try:
+            with os.fdopen(handle, "wb") as file:
+                file.write(data)
+        except OSError:
+            Path(path).unlink(missing_ok=True)
+            continue
+        return Path(path)
+    return None
+
+
+def _report(track: Track, path: Path) -> None:
+    seed = track.seed if track.seed is not None else "unknown"
+    print(f"Wrote {path} ({len(track.data):,} bytes, {track.format}); seed {seed}")
 
 
 async def _make(settings: Settings, request: MusicRequest) -> Track:
@@ -175,6 +253,9 @@ async def _make(settings: Settings, request: MusicRequest) -> Track:
 
 
 async def _show_progress(progress: Progress) -> None:
+    """Redraw one bar in a terminal; in a pipe or a log file the redraws would be noise."""
+    if not sys.stderr.isatty():
+        return
     width = 30
     percent = progress.percent or 0.0
     filled = int(width * percent / 100)

@@ -7,9 +7,15 @@ of the public interface: operators script against them, so they never change sil
 from __future__ import annotations
 
 from pydantic import Field, SecretStr
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "meta/musicgen:671ac645ce5e552cc63a54a2bbff63fcf798043055d2dac5fc9e36a837eedcfb"
+HTTP_URL = r"^https?://[^\s/]+\S*$"
+WEBSOCKET_URL = r"^wss?://[^\s/]+\S*$"
+ONE_DAY = 86_400
+ONE_HOUR = 3_600
+GIB = 1024**3
 
 
 class ConfigError(Exception):
@@ -17,31 +23,39 @@ class ConfigError(Exception):
 
 
 class Settings(BaseSettings):
-    """Every knob of the bot. Built once in the entry point and passed down."""
+    """Every knob of the bot. Built once in the entry point and passed down.
+
+    Every number has an upper bound as well as a lower one: an absurd value (``inf``, a
+    cooldown of years) would otherwise pass here and overflow deep inside the bot.
+    """
 
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        allow_inf_nan=False,
     )
 
     discord_token: SecretStr | None = None
     replicate_api_token: SecretStr | None = None
-    replicate_base_url: str = "https://api.replicate.com"
+    replicate_base_url: str = Field("https://api.replicate.com", pattern=HTTP_URL)
     replicate_model: str = Field(DEFAULT_MODEL, pattern=r"^[\w.-]+/[\w.-]+(:[0-9a-f]{64})?$")
     replicate_poll_interval: float = Field(0.5, gt=0, le=30)
-    replicate_cost_per_second: float = Field(0.0014, ge=0)
-    max_download_bytes: int = Field(100 * 1024 * 1024, gt=0)
-    discord_api_base_url: str = "https://discord.com/api/v10"
-    discord_gateway_url: str = "wss://gateway.discord.gg"
+    replicate_cost_per_second: float = Field(0.0014, ge=0, le=1)
+    max_download_bytes: int = Field(100 * 1024 * 1024, ge=1, le=GIB)
+    discord_api_base_url: str = Field("https://discord.com/api/v10", pattern=HTTP_URL)
+    discord_gateway_url: str = Field("wss://gateway.discord.gg", pattern=WEBSOCKET_URL)
     database_url: str = Field("sqlite:///jambot.db", pattern=r"^sqlite:///.+")
     max_concurrent_generations: int = Field(2, ge=1, le=64)
-    user_cooldown_seconds: float = Field(10.0, ge=0)
-    daily_quota_per_user: int = Field(20, ge=0)
-    max_queued_per_user: int = Field(3, ge=1)
+    user_cooldown_seconds: float = Field(10.0, ge=0, le=ONE_DAY)
+    daily_quota_per_user: int = Field(20, ge=0, le=1_000_000)
+    max_queued_per_user: int = Field(3, ge=1, le=10_000)
     max_duration_seconds: int = Field(30, ge=1, le=300)
-    generation_timeout_seconds: float = Field(300.0, gt=0)
+    generation_timeout_seconds: float = Field(300.0, gt=0, le=ONE_HOUR)
     max_attempts: int = Field(3, ge=1, le=10)
-    retry_base_delay_seconds: float = Field(1.0, ge=0)
-    log_level: str = Field("INFO", pattern=r"^(?i:debug|info|warning|error|critical)$")
+    retry_base_delay_seconds: float = Field(1.0, ge=0, le=60)
+    log_level: str = Field("INFO", pattern=r"^(?i:debug|info|warning|error)$")
 
     def require(self, *names: str) -> None:
         """Stop with a ConfigError naming the first of `names` that is unset or empty."""
@@ -56,3 +70,41 @@ class Settings(BaseSettings):
     def database_path(self) -> str:
         """The SQLite file named by DATABASE_URL (``sqlite:///jambot.db`` → ``jambot.db``)."""
         return self.database_url.removeprefix("sqlite:///")
+
+
+# What a well-formed value of each text setting looks like, in words: pydantic's own message
+# would show the regular expression.
+_SHAPES = {
+    "replicate_base_url": "must be an http:// or https:// URL",
+    "replicate_model": "must look like owner/name or owner/name:<64-hex version id>",
+    "discord_api_base_url": "must be an http:// or https:// URL",
+    "discord_gateway_url": "must be a ws:// or wss:// URL",
+    "database_url": "must look like sqlite:///path/to/jambot.db",
+    "log_level": "must be one of DEBUG, INFO, WARNING, ERROR",
+}
+
+
+def describe_setting_error(error: ErrorDetails) -> str:
+    """One line naming the variable and what it must be, never its value (it may be a secret)."""
+    field = str(error["loc"][0]) if error["loc"] else ""
+    if field not in Settings.model_fields:
+        return "A setting is malformed: see .env.example."
+    rule = _SHAPES.get(field) or _number_rule(field) or "is malformed"
+    return f"{field.upper()} {rule}: see .env.example."
+
+
+def _number_rule(field: str) -> str | None:
+    info = Settings.model_fields[field]
+    if info.annotation not in (int, float):
+        return None
+    kind = "a whole number" if info.annotation is int else "a number"
+    low = high = None
+    exclusive = False
+    for meta in info.metadata:
+        low = getattr(meta, "ge", low)
+        if getattr(meta, "gt", None) is not None:
+            low, exclusive = meta.gt, True
+        high = getattr(meta, "le", high)
+    if exclusive:
+        return f"must be {kind} greater than {low} and at most {high}"
+    return f"must be {kind} between {low} and {high}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import unicodedata
 from typing import Any
 
 import pytest
@@ -143,6 +144,50 @@ def test_each_rejection_is_a_sentence(fields: dict[str, Any], sentence: str) -> 
     assert "pydantic" not in message and "Input should" not in message
 
 
+INVISIBLE = [
+    "\u200b",  # zero-width space
+    "\u200c\u200d",  # zero-width non-joiner, joiner
+    "\u2060",  # word joiner
+    "\ufeff",  # byte-order mark
+    "\u3164",  # Hangul filler
+    "\u115f\u1160\uffa0",  # the other Hangul fillers
+    "\u2800",  # braille blank
+    "\u0301\u0308",  # combining marks with nothing to sit on
+    "\u034f\ufe0f",  # grapheme joiner, variation selector
+    "\u00ad",  # soft hyphen
+    "\u2028\u200b\u2029",  # line and paragraph separators around a zero-width space
+    "\U000e0041\U000e007f",  # tag characters
+    "\u202e\u2066",  # bidi controls only, which are stripped
+    " \u200b \u3164 \u2800 ",
+]
+
+
+@pytest.mark.parametrize("prompt", INVISIBLE)
+def test_a_prompt_with_nothing_visible_is_refused(prompt: str) -> None:
+    assert rejection(prompt=prompt) == (
+        "prompt must contain some visible text: describe the music you want."
+    )
+
+
+def test_invisible_characters_inside_visible_text_are_kept() -> None:
+    assert parse(prompt="lo\u200dfi e\u0301te\u0301").prompt == "lo\u200dfi e\u0301te\u0301"
+
+
+BIDI = ["\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2067", "\u2068", "\u2069",
+        "\u200e", "\u200f", "\u061c"]  # fmt: skip
+
+
+@pytest.mark.parametrize("control", BIDI)
+def test_bidi_controls_are_stripped_before_anything_sees_the_prompt(control: str) -> None:
+    request = parse(prompt=f"{control} warm {control}lofi{control} beat {control}")
+    assert request.prompt == "warm lofi beat"
+    assert request.to_replicate_input()["prompt"] == "warm lofi beat"
+
+
+def test_a_reversed_prompt_cannot_reorder_the_embed() -> None:
+    assert parse(prompt="jazz \u202egnp.exe\u202c trio").prompt == "jazz gnp.exe trio"
+
+
 def test_duration_cap_follows_the_setting() -> None:
     assert MusicRequest.parse({"prompt": "x", "duration": 60}, max_duration=60).duration == 60
     with pytest.raises(InvalidRequestError, match="between 1 and 10 seconds"):
@@ -250,12 +295,29 @@ def test_hostile_input_never_escapes_as_anything_but_a_sentence(data: dict[str, 
     assert body["prompt"] == body["prompt"].strip() and body["prompt"]
 
 
+BIDI_CODES = {ord(ch) for ch in BIDI}
+BLANK = {"\u115f", "\u1160", "\u3164", "\uffa0", "\u2800"}
+
+
+def shows_something(text: str) -> bool:
+    """A letter, digit, punctuation or symbol that isn't drawn blank."""
+    return any(unicodedata.category(ch)[0] in "LNPS" and ch not in BLANK for ch in text)
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.text(min_size=1, max_size=MAX_PROMPT_LENGTH))
 def test_any_printable_prompt_round_trips(prompt: str) -> None:
-    cleaned = prompt.strip()
-    if not cleaned or any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in cleaned):
+    cleaned = "".join(ch for ch in prompt if ord(ch) not in BIDI_CODES).strip()
+    has_control = any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in cleaned)
+    if has_control or not shows_something(cleaned):
         with pytest.raises(InvalidRequestError):
             MusicRequest.parse({"prompt": prompt})
         return
     assert MusicRequest.parse({"prompt": prompt}).to_replicate_input()["prompt"] == cleaned
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.characters(categories=["Cf", "Mn", "Me", "Zs", "Zl", "Zp"]), min_size=1))
+def test_no_prompt_of_invisible_characters_gets_through(prompt: str) -> None:
+    with pytest.raises(InvalidRequestError):
+        MusicRequest.parse({"prompt": prompt})

@@ -60,5 +60,85 @@ def test_a_malformed_value_is_one_line_without_the_value(monkeypatch: pytest.Mon
     with pytest.raises(ConfigError) as caught:
         load_settings(_env_file=None)
     message = str(caught.value)
-    assert message.startswith("REPLICATE_MODEL is invalid") and "\n" not in message
+    assert message == (
+        "REPLICATE_MODEL must look like owner/name or owner/name:<64-hex version id>: "
+        "see .env.example."
+    )
     assert "r8_leak" not in message
+
+
+def rejection(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> str:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(_env_file=None)
+    return str(caught.value)
+
+
+NUMBERS = {
+    "REPLICATE_POLL_INTERVAL": "a number greater than 0 and at most 30",
+    "REPLICATE_COST_PER_SECOND": "a number between 0 and 1",
+    "MAX_DOWNLOAD_BYTES": "a whole number between 1 and 1073741824",
+    "MAX_CONCURRENT_GENERATIONS": "a whole number between 1 and 64",
+    "USER_COOLDOWN_SECONDS": "a number between 0 and 86400",
+    "DAILY_QUOTA_PER_USER": "a whole number between 0 and 1000000",
+    "MAX_QUEUED_PER_USER": "a whole number between 1 and 10000",
+    "MAX_DURATION_SECONDS": "a whole number between 1 and 300",
+    "GENERATION_TIMEOUT_SECONDS": "a number greater than 0 and at most 3600",
+    "MAX_ATTEMPTS": "a whole number between 1 and 10",
+    "RETRY_BASE_DELAY_SECONDS": "a number between 0 and 60",
+}
+
+
+def test_every_number_setting_has_bounds() -> None:
+    numeric = {n.upper() for n, f in Settings.model_fields.items() if f.annotation in (int, float)}
+    assert numeric == set(NUMBERS)
+
+
+@pytest.mark.parametrize("name", sorted(NUMBERS))
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e300", "-1", "99999999999", "many"])
+def test_a_number_out_of_bounds_is_refused_in_words(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    message = rejection(monkeypatch, name, value)
+    assert message == f"{name} must be {NUMBERS[name]}: see .env.example."
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "limit"),
+    [
+        ("USER_COOLDOWN_SECONDS", 86_400, 86_401),
+        ("GENERATION_TIMEOUT_SECONDS", 3_600, 3_601),
+        ("REPLICATE_COST_PER_SECOND", 1, 1.01),
+    ],
+)
+def test_upper_bounds_are_inclusive(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: float, limit: float
+) -> None:
+    monkeypatch.setenv(name, str(value))
+    assert getattr(load_settings(_env_file=None), name.lower()) == value
+    assert rejection(monkeypatch, name, str(limit)).startswith(f"{name} must be a number")
+
+
+TEXTS = {
+    "REPLICATE_BASE_URL": "must be an http:// or https:// URL",
+    "REPLICATE_MODEL": "must look like owner/name or owner/name:<64-hex version id>",
+    "DISCORD_API_BASE_URL": "must be an http:// or https:// URL",
+    "DISCORD_GATEWAY_URL": "must be a ws:// or wss:// URL",
+    "DATABASE_URL": "must look like sqlite:///path/to/jambot.db",
+    "LOG_LEVEL": "must be one of DEBUG, INFO, WARNING, ERROR",
+}
+
+
+@pytest.mark.parametrize("name", sorted(TEXTS))
+def test_a_malformed_text_setting_is_described_not_shown_as_a_pattern(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    message = rejection(monkeypatch, name, "r8_secret value")
+    assert message == f"{name} {TEXTS[name]}: see .env.example."
+    assert "r8_secret" not in message
+
+
+@pytest.mark.parametrize("level", ["debug", "INFO", "Warning", "ERROR"])
+def test_log_levels_are_case_insensitive(monkeypatch: pytest.MonkeyPatch, level: str) -> None:
+    monkeypatch.setenv("LOG_LEVEL", level)
+    assert load_settings(_env_file=None).log_level == level

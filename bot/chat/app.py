@@ -6,8 +6,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import signal
-import sys
 import time
 from collections.abc import AsyncIterator
 
@@ -141,7 +139,7 @@ class JamBot(commands.Bot):
         if not self.serve:
             return
         settings = self.settings
-        self.store = await JobStore.open(settings.database_path)
+        self.store = await JobStore.open(settings.database_path, exclusive=True)
         self.backend = ReplicateBackend.from_settings(settings)
         self.limits = Limits(
             self.store,
@@ -188,67 +186,3 @@ def create_bot(settings: Settings, *, serve: bool = True) -> JamBot:
     discord.VoiceClient.warn_nacl = False
     discord.VoiceClient.warn_dave = False
     return JamBot(settings, serve=serve)
-
-
-def run_bot(settings: Settings) -> int:
-    settings.require("DISCORD_TOKEN", "REPLICATE_API_TOKEN")
-    return asyncio.run(_serve(settings))
-
-
-async def _serve(settings: Settings) -> int:
-    assert settings.discord_token is not None
-    bot = create_bot(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    async with bot:
-        runner = asyncio.create_task(bot.start(settings.discord_token.get_secret_value()))
-        stopper = asyncio.create_task(stop.wait())
-        await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if stop.is_set():
-            log.info("stopping: jobs in flight stay recorded and resume on the next start")
-        try:
-            await asyncio.wait_for(bot.close(), SHUTDOWN_GRACE_SECONDS)
-        except TimeoutError:
-            log.warning("shutdown took longer than %.0fs; exiting anyway", SHUTDOWN_GRACE_SECONDS)
-        stopper.cancel()
-        if runner.done() and not runner.cancelled() and runner.exception() is not None:
-            return _explain_start_failure(runner.exception())
-        runner.cancel()
-    return 0
-
-
-def _explain_start_failure(exc: BaseException | None) -> int:
-    if isinstance(exc, discord.LoginFailure):
-        print("jambot: Discord rejected DISCORD_TOKEN: see .env.example.", file=sys.stderr)
-        return 2
-    if isinstance(exc, GenerationError):
-        print(f"jambot: {exc.user_message}", file=sys.stderr)
-        return 1
-    log.error("the bot stopped", exc_info=exc)
-    return 1
-
-
-def sync_commands(settings: Settings, guild_id: int | None = None) -> int:
-    """Register the slash commands once (guild: instant; global: up to an hour to appear)."""
-    settings.require("DISCORD_TOKEN")
-    return asyncio.run(_sync(settings, guild_id))
-
-
-async def _sync(settings: Settings, guild_id: int | None) -> int:
-    assert settings.discord_token is not None
-    bot = create_bot(settings, serve=False)
-    async with bot:
-        try:
-            await bot.login(settings.discord_token.get_secret_value())
-        except discord.LoginFailure:
-            print("jambot: Discord rejected DISCORD_TOKEN: see .env.example.", file=sys.stderr)
-            return 2
-        guild = discord.Object(guild_id) if guild_id is not None else None
-        if guild is not None:
-            bot.tree.copy_global_to(guild=guild)
-        synced = await bot.tree.sync(guild=guild)
-        where = f"guild {guild_id}" if guild_id is not None else "all guilds (global)"
-        print(f"Registered {len(synced)} commands in {where}: {', '.join(c.name for c in synced)}")
-    return 0

@@ -73,6 +73,25 @@ LABELS: dict[str, str] = {
 }
 
 
+# Bidirectional controls (embeddings, overrides, isolates, marks) let a prompt reorder the text
+# around it wherever it is shown, the public embed included; they carry no meaning for the model.
+_BIDI_CONTROLS = dict.fromkeys(
+    [*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C]
+)
+
+# A prompt made only of these shows as nothing (or as blank space) yet would be billed: format
+# characters such as zero-width spaces, marks with no letter to sit on, separators, unassigned
+# and private code points, and the letters and symbols that are drawn blank.
+_INVISIBLE_CATEGORIES = frozenset(
+    {"Cc", "Cf", "Cs", "Co", "Cn", "Mn", "Me", "Mc", "Zs", "Zl", "Zp"}
+)
+_BLANK_GLYPHS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def _is_visible(ch: str) -> bool:
+    return ch not in _BLANK_GLYPHS and unicodedata.category(ch) not in _INVISIBLE_CATEGORIES
+
+
 def _bad(message: str) -> PydanticCustomError:
     return PydanticCustomError("jambot", message)
 
@@ -101,13 +120,15 @@ class MusicRequest(BaseModel):
     @field_validator("prompt")
     @classmethod
     def _clean_prompt(cls, value: str) -> str:
-        value = value.strip()
-        if not value:
+        if not value.strip():
             raise _bad("prompt can't be empty: describe the music you want")
+        value = value.translate(_BIDI_CONTROLS).strip()
         if len(value) > MAX_PROMPT_LENGTH:
             raise _bad(f"prompt must be at most {MAX_PROMPT_LENGTH} characters long")
         if any(unicodedata.category(ch) == "Cc" for ch in value):
             raise _bad("prompt can't contain control characters")
+        if not any(_is_visible(ch) for ch in value):
+            raise _bad("prompt must contain some visible text: describe the music you want")
         return value
 
     @field_validator("input_audio")
