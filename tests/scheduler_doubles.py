@@ -24,6 +24,7 @@ from bot.jobs.store import Job, JobStore, NewJob
 from bot.music.backend import CreatedCallback, Progress, ProgressCallback, Track
 from bot.music.errors import GenerationError
 from bot.music.request import MusicRequest
+from tests.harness import wait_for
 
 
 def new_job(user_id: int = 1, prompt: str = "a loop", **request: object) -> NewJob:
@@ -176,15 +177,15 @@ class Rig:
         return job
 
     async def until(self, probe: Callable[[], object], timeout: float = 5.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not probe():
-                await asyncio.sleep(0.01)
+        await wait_for(probe, timeout, interval=0.01)
 
     async def until_status(self, job_id: int, status: str, timeout: float = 5.0) -> Job:
-        async with asyncio.timeout(timeout):
-            while (job := await self.job(job_id)).status != status:
-                await asyncio.sleep(0.01)
-        return job
+        async def reached() -> Job | None:
+            job = await self.job(job_id)
+            return job if job.status == status else None
+
+        result: Job = await wait_for(reached, timeout, interval=0.01)
+        return result
 
 
 def scheduler_for(

@@ -1,9 +1,15 @@
-"""Tests for bot.music.audio: probing, fitting under an upload limit, waveform pictures."""
+"""Tests for bot.music.audio: probing, checking, fitting under an upload limit, waveforms."""
 
 from __future__ import annotations
 
 import io
+import struct
+import subprocess
+import sys
+import textwrap
+import tracemalloc
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,7 +21,18 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from bot.music import audio
-from bot.music.audio import AudioError, AudioInfo, fit_to_limit, probe, waveform_png
+from bot.music.audio import (
+    AudioError,
+    AudioInfo,
+    ExpectedAudio,
+    UnexpectedAudioError,
+    check_plausible,
+    fit_to_limit,
+    probe,
+    probe_clip,
+    waveform_png,
+)
+from bot.music.request import AudioFormat, ModelVersion, MusicRequest
 
 # How lossy each output is; the ladder only ever moves right as limits shrink.
 LOSSINESS = {"wav": 0, "flac": 1, "ogg": 2, "mp3": 3}
@@ -42,6 +59,35 @@ def encode(samples: Any, samplerate: int, format: str, subtype: str | None = Non
 @cache
 def wav(seconds: float = 3.0, samplerate: int = 32000, channels: int = 2) -> bytes:
     return encode(signal(seconds, samplerate, channels), samplerate, "WAV", "PCM_16")
+
+
+def crafted_wav(channels: int, samplerate: int, frames: int) -> bytes:
+    """A well-formed 16-bit PCM WAV with whatever header values a hostile server likes,
+    and noise for samples."""
+    block = channels * 2
+    fmt = struct.pack("<HHIIHH", 1, channels, samplerate, samplerate * block, block, 16)
+    body = np.random.default_rng(0).integers(-3000, 3000, frames * channels, dtype=np.int16)
+    chunks = b"fmt " + struct.pack("<I", len(fmt)) + fmt
+    chunks += b"data" + struct.pack("<I", body.nbytes) + body.tobytes()
+    return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks
+
+
+# Headers that crash libvorbis's encoder (a segfault) when fit_to_limit gets to the Vorbis rung.
+CRASHING_HEADERS = {
+    "256-channels": (256, 32000, 2000),
+    "1-MHz": (2, 1_000_000, 32000),
+}
+
+
+@cache
+def silent_flac(minutes: int = 10, channels: int = 8) -> bytes:
+    """Ten minutes of 8-channel silence: 150 KB of FLAC, 600 MB as float32."""
+    out = io.BytesIO()
+    second = np.zeros((32000, channels), dtype=np.int16)
+    with sf.SoundFile(out, "w", 32000, channels, format="FLAC", subtype="PCM_16") as sink:
+        for _ in range(minutes * 60):
+            sink.write(second)
+    return out.getvalue()
 
 
 def decode(data: bytes) -> tuple[NDArray[Any], int]:
@@ -101,6 +147,130 @@ def test_probe_rejects_what_is_not_audio(data: bytes) -> None:
 def test_probe_rejects_audio_without_frames() -> None:
     with pytest.raises(AudioError, match="no frames"):
         probe(encode(np.zeros((0, 2)), 32000, "WAV", "PCM_16"))
+
+
+def test_probe_clip_reports_what_a_clip_holds() -> None:
+    info = probe_clip(encode(signal(3.0, 44100, 1), 44100, "FLAC"))
+
+    assert info == AudioInfo(format="flac", samplerate=44100, channels=1, frames=3 * 44100)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"just some text, saved as clip.wav\n" * 50, b"<!DOCTYPE html><html>Bad Gateway</html>"],
+    ids=["text", "html"],
+)
+def test_probe_clip_refuses_what_is_not_audio(data: bytes) -> None:
+    with pytest.raises(AudioError, match="not decodable"):
+        probe_clip(data)
+
+
+def test_probe_clip_refuses_a_header_whose_samples_do_not_decode() -> None:
+    flac = encode(signal(1.0), 32000, "FLAC")
+    # The STREAMINFO header intact, the frames after it zeroed.
+    broken = flac[:200] + bytes(len(flac) - 200)
+
+    assert probe(broken).frames == 32000  # the header alone looks fine
+    with pytest.raises(AudioError, match=r"doesn't decode|no frames"):
+        probe_clip(broken)
+
+
+@pytest.mark.parametrize(
+    ("channels", "samplerate", "frames", "complaint"),
+    [
+        (256, 32000, 32000, "256 channels"),
+        (2, 1_000_000, 32000, "1000000 Hz"),
+        (1, 4000, 4000, "4000 Hz"),
+        (2, 48000, 48000 * 7200, "7200 s"),
+    ],
+)
+def test_implausible_headers_are_refused(
+    channels: int, samplerate: int, frames: int, complaint: str
+) -> None:
+    info = AudioInfo(format="wav", samplerate=samplerate, channels=channels, frames=frames)
+
+    with pytest.raises(UnexpectedAudioError, match=f"implausible audio: .*{complaint}") as caught:
+        check_plausible(info)
+    assert caught.value.info == info
+
+
+def test_plausible_headers_pass() -> None:
+    for channels, samplerate in [(1, 8000), (2, 32000), (8, 192_000)]:
+        check_plausible(AudioInfo("flac", samplerate, channels, samplerate * 600))
+
+
+# --- ExpectedAudio -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "output_format", "channels"),
+    [
+        (ModelVersion.STEREO_LARGE, AudioFormat.WAV, 2),
+        (ModelVersion.STEREO_MELODY_LARGE, AudioFormat.MP3, 2),
+        (ModelVersion.LARGE, AudioFormat.MP3, 1),
+        (ModelVersion.MELODY_LARGE, AudioFormat.WAV, 1),
+    ],
+)
+def test_expected_audio_follows_the_request(
+    model: ModelVersion, output_format: AudioFormat, channels: int
+) -> None:
+    request = MusicRequest(
+        prompt="lofi", duration=20, model_version=model, output_format=output_format
+    )
+
+    expected = ExpectedAudio.for_request(request)
+
+    assert expected == ExpectedAudio(channels=channels, seconds=20.0, format=output_format)
+    assert expected.tolerance_seconds == 2.0
+
+
+def test_mp3_may_come_at_the_common_mpeg_rates_and_wav_only_at_32_khz() -> None:
+    mp3 = ExpectedAudio(channels=2, seconds=8, format=AudioFormat.MP3)
+    wav_ = ExpectedAudio(channels=2, seconds=8, format=AudioFormat.WAV)
+
+    for rate in (32000, 44100, 48000):
+        mp3.check(AudioInfo("mp3", rate, 2, rate * 8))
+    wav_.check(AudioInfo("wav", 32000, 2, 32000 * 8))
+    with pytest.raises(UnexpectedAudioError, match="wrong sample rate"):
+        wav_.check(AudioInfo("wav", 44100, 2, 44100 * 8))
+    with pytest.raises(UnexpectedAudioError, match="wrong sample rate"):
+        mp3.check(AudioInfo("mp3", 22050, 2, 22050 * 8))
+
+
+@pytest.mark.parametrize(
+    ("seconds", "frames", "fits"),
+    [
+        (8, 32000 * 7, True),  # the margin is at least a second
+        (8, 32000 * 9, True),
+        (8, 32000 * 7 - 1, False),
+        (8, 32000 * 9 + 1, False),
+        (30, 32000 * 27, True),  # and otherwise 10%
+        (30, 32000 * 34, False),
+    ],
+)
+def test_the_duration_must_be_near_the_request(seconds: int, frames: int, fits: bool) -> None:
+    expected = ExpectedAudio(channels=1, seconds=seconds, format=AudioFormat.WAV)
+    info = AudioInfo("wav", 32000, 1, frames)
+
+    if fits:
+        expected.check(info)
+    else:
+        with pytest.raises(UnexpectedAudioError, match="wrong duration"):
+            expected.check(info)
+
+
+def test_a_mismatch_says_what_was_expected_and_what_came() -> None:
+    expected = ExpectedAudio(channels=2, seconds=8, format=AudioFormat.WAV)
+    info = AudioInfo("flac", 32000, 8, 32000 * 600)
+
+    with pytest.raises(UnexpectedAudioError) as caught:
+        expected.check(info)
+
+    message = str(caught.value)
+    assert message.startswith("wrong format, channels, duration: ")
+    assert "expected WAV, 2 channel(s), 32000 Hz, 8 s ± 1 s" in message
+    assert "got FLAC, 8 channel(s), 32000 Hz, 600.0 s" in message
+    assert caught.value.info == info
 
 
 # --- fit_to_limit --------------------------------------------------------------------------
@@ -209,6 +379,33 @@ def test_fit_rejects_what_is_not_audio() -> None:
         fit_to_limit(b"definitely not audio" * 100, 10)
 
 
+@pytest.mark.parametrize("header", sorted(CRASHING_HEADERS))
+def test_fit_refuses_crashing_headers_before_encoding(header: str, tmp_path: Path) -> None:
+    # In a throwaway interpreter: if the refusal were missing, the encoder would segfault, and
+    # that must not take pytest down with it.
+    path = tmp_path / "crafted.wav"
+    path.write_bytes(crafted_wav(*CRASHING_HEADERS[header]))
+    script = textwrap.dedent(
+        """
+        import sys
+        from pathlib import Path
+        from bot.music.audio import UnexpectedAudioError, fit_to_limit
+        data = Path(sys.argv[1]).read_bytes()
+        try:
+            fit_to_limit(data, len(data) // 3)
+        except UnexpectedAudioError as exc:
+            print("refused:", exc)
+        """
+    )
+
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=60
+    )
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("refused: implausible audio: ")
+
+
 def test_opus_stands_in_for_vorbis_at_rates_opus_accepts() -> None:
     data = encode(signal(2.0, 48000, 2), 48000, "WAV", "PCM_16")
     limit = len(data) // 6
@@ -309,6 +506,37 @@ def test_waveform_handles_fewer_samples_than_columns_and_compressed_input() -> N
 
     assert painted(waveform_png(short)) >= 800
     assert painted(waveform_png(mp3)) > 800
+
+
+def test_waveform_reads_in_blocks_so_memory_stays_flat() -> None:
+    data = silent_flac()  # decoded at once as float32, this would be 600 MB
+    assert probe(data).duration_seconds == 600
+
+    tracemalloc.start()
+    try:
+        png = waveform_png(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert peak < 16 * 1024 * 1024, f"peak {peak / 2**20:.0f} MB"
+    assert painted(png) == 800  # silence: a flat line
+
+
+@pytest.mark.parametrize(
+    ("seconds", "width"), [(7.3, 799), (0.005, 800), (2.0, 1)], ids=["blocks", "short", "one"]
+)
+def test_waveform_columns_match_a_whole_file_reading(seconds: float, width: int) -> None:
+    data = encode(signal(seconds, 32000, 2), 32000, "WAV", "FLOAT")
+    samples, _ = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    mono = samples.mean(axis=1, dtype=np.float32)
+    # Column c covers frames [c * n // width, (c + 1) * n // width), or the frame at its edge.
+    edges = np.arange(width) * len(mono) // width
+
+    low, high = audio._column_extremes(data, probe(data), width)
+
+    np.testing.assert_array_equal(low, np.minimum.reduceat(mono, edges))
+    np.testing.assert_array_equal(high, np.maximum.reduceat(mono, edges))
 
 
 def test_waveform_rejects_bad_input() -> None:

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.replicate import HttpFault, Outcome
+from tests.fakes.replicate import HttpFault, Outcome, render_audio
 from tests.harness import audio_seconds, harness, to_options, wait_for
+
+CLIP = render_audio(duration=1, channels=2, sample_rate=32000, output_format="wav")
 
 
 async def test_happy_path_defers_then_edits_original_with_playable_audio(tmp_path: Path) -> None:
@@ -55,7 +57,7 @@ async def test_every_option_reaches_replicate_under_the_models_names(tmp_path: P
                     "seed": 5,
                 }
             ),
-            attachments={"audio": ("riff.wav", b"RIFF....WAVEfmt ")},
+            attachments={"audio": ("riff.wav", CLIP)},
         )
         final = await h.final_reply(interaction)
         body = h.replicate.creates[0].body["input"]
@@ -82,7 +84,7 @@ async def test_continuation_option_is_sent(tmp_path: Path) -> None:
         interaction = await h.discord.send_interaction(
             "music",
             to_options({"prompt": "keep going", "duration": 2, "continuation": True}),
-            attachments={"audio": ("clip.wav", b"RIFF....WAVEfmt ")},
+            attachments={"audio": ("clip.wav", CLIP)},
         )
         await h.final_reply(interaction)
         body = h.replicate.creates[0].body["input"]

@@ -20,6 +20,7 @@ from bot.jobs.scheduler import CancelOutcome
 from bot.jobs.store import Job, JobStore
 from bot.music.errors import OutputError
 from tests.conftest import fill_disk
+from tests.harness import wait_for
 from tests.scheduler_doubles import (
     MemoryBackend,
     RecordingEvents,
@@ -28,6 +29,11 @@ from tests.scheduler_doubles import (
     scheduler_for,
     write_lock,
 )
+
+
+async def _has_status(store: JobStore, job_id: int, status: str) -> bool:
+    job = await store.get(job_id)
+    return job is not None and job.status == status
 
 
 async def submitted(result: Job | Refusal) -> Job:
@@ -114,9 +120,7 @@ async def test_a_prediction_that_cant_be_recorded_is_cancelled_not_orphaned(
     try:
         job = await submitted(await scheduler.submit(new_job()))
         await asyncio.wait_for(created.wait(), 5)
-        async with asyncio.timeout(5):
-            while (await store.get(job.id)).status != "failed":  # type: ignore[union-attr]
-                await asyncio.sleep(0.02)
+        await wait_for(lambda: _has_status(store, job.id, "failed"), 5)
         assert backend.cancels == ["p1"] and backend.creates == ["p1"]
         assert isinstance(events.failed[0][1], StorageFailure)
     finally:

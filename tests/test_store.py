@@ -22,7 +22,9 @@ from bot.jobs.migrate import (
     migrate,
     split_statements,
 )
+from bot.jobs.store import DatabaseInUseError, StoreBusyError, StoreFullError
 from tests.clock import START, Clock
+from tests.conftest import fill_disk
 
 TOKEN = "aW50ZXJhY3Rpb246MTIzNDU2Nzg5OnNlY3JldC10b2tlbg"
 
@@ -511,3 +513,64 @@ async def test_a_cancelled_call_leaves_no_transaction_open(store: JobStore, yiel
         assert after.status in {"running", "delivered"}
     other = await store.add(new_job(interaction_id=2))
     assert await store.start(other.id) is not None
+
+
+# -- safety at rest and under faults ----------------------------------------------------------
+
+
+async def test_database_files_are_owner_only_even_if_they_were_not(db_path: Path) -> None:
+    db_path.touch(mode=0o644)
+    db_path.chmod(0o644)
+    async with await JobStore.open(db_path) as job_store:
+        await job_store.add(new_job())
+        for suffix in ("", "-wal", "-shm"):
+            mode = (db_path.parent / f"{db_path.name}{suffix}").stat().st_mode & 0o777
+            assert mode == 0o600, (suffix, oct(mode))
+
+
+async def test_tokens_are_erased_when_a_job_ends(store: JobStore, db_path: Path) -> None:
+    delivered, failed, cancelled, waiting = [
+        await running_job(store, interaction_id=n) for n in (1, 2, 3, 4)
+    ]
+    await store.deliver(delivered.id, message_id=1, channel_id=2)
+    await store.fail(failed.id, error="no", detail="no")
+    await store.cancel(cancelled.id)
+    tokens = dict(read_rows(db_path, "SELECT id, token FROM jobs"))
+    assert tokens == {delivered.id: "", failed.id: "", cancelled.id: "", waiting.id: TOKEN}
+
+
+async def test_a_second_exclusive_open_is_refused_until_the_first_closes(db_path: Path) -> None:
+    first = await JobStore.open(db_path, exclusive=True)
+    with pytest.raises(DatabaseInUseError, match="another jambot process"):
+        await JobStore.open(db_path, exclusive=True)
+    await first.close()
+    again = await JobStore.open(db_path, exclusive=True)
+    await again.close()
+
+
+async def test_a_held_write_lock_is_a_busy_error(db_path: Path) -> None:
+    async with await JobStore.open(db_path, busy_timeout=0.05) as job_store:
+        shell = sqlite3.connect(db_path, isolation_level=None)
+        shell.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(StoreBusyError):
+                await job_store.add(new_job())
+        finally:
+            shell.execute("ROLLBACK")
+            shell.close()
+        assert (await job_store.add(new_job())).status == "queued"  # nothing left half-done
+
+
+async def test_a_full_disk_gives_up_the_reserve_and_refuses_new_jobs(tiny_disk: Path) -> None:
+    async with await JobStore.open(tiny_disk / "jambot.db") as job_store:
+        job = await running_job(job_store)
+        filler = fill_disk(tiny_disk)
+        with pytest.raises(StoreFullError):
+            await job_store.add(new_job(interaction_id=2))
+        assert job_store.full and not (tiny_disk / "jambot.db.reserve").exists()
+        assert await job_store.deliver(job.id, message_id=1, channel_id=2)  # room to finish
+        with pytest.raises(StoreFullError):  # still no new jobs
+            await job_store.add(new_job(interaction_id=3))
+        filler.unlink()
+        assert (await job_store.add(new_job(interaction_id=4))).status == "queued"
+        assert not job_store.full and (tiny_disk / "jambot.db.reserve").exists()

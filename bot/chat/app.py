@@ -22,6 +22,7 @@ from bot.jobs.scheduler import Scheduler
 from bot.jobs.store import JobStore
 from bot.music.backend import MusicBackend
 from bot.music.errors import GenerationError
+from bot.music.isolation import warm_up
 from bot.music.replicate import ReplicateBackend
 from bot.settings import Settings
 
@@ -156,6 +157,8 @@ class JamBot(commands.Bot):
             cost_per_second=settings.replicate_cost_per_second,
         )
         await self.scheduler.start()
+        # The audio worker's forkserver takes a few hundred ms to start: not on the first track.
+        await warm_up(preload=["bot.cli"])
         # Everything alive now (modules, the command tree, clients) lives as long as the
         # process: take it out of the garbage collector's full passes, which otherwise stall
         # the event loop for tens of milliseconds right when a burst of commands arrives.

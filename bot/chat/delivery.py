@@ -15,21 +15,24 @@ import asyncio
 import io
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import discord
 
 from bot.chat import render
 from bot.jobs.scheduler import Claim, Delivery, DeliveryError, load_request
 from bot.jobs.store import Job
-from bot.music.audio import AudioError, FittedAudio, fit_to_limit, waveform_png
+from bot.music.audio import AudioError, ExpectedAudio
 from bot.music.backend import Progress, Track
 from bot.music.errors import GenerationError, OutputError
+from bot.music.isolation import fit_again, prepare_track
 from bot.naming import track_filename
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 PROGRESS_EDIT_INTERVAL = 2.0
 TOKEN_MARGIN = timedelta(seconds=30)
@@ -101,10 +104,12 @@ class DiscordJobEvents:
             log.info("job %d: already delivered by an earlier run", job.id)
             return earlier
         request = load_request(job)
-        picture = await _waveform(track.data)
-        limit = self._upload_limit(job) - len(picture)
+        expected = ExpectedAudio.for_request(request)
+        prepared = await _unusable_audio_fails(
+            prepare_track(track.data, expected, self._upload_limit(job))
+        )
+        fitted, picture = prepared.fitted, prepared.waveform
         for _ in range(MAX_SHRINKS):
-            fitted = await _fit(track.data, limit)
             if fitted is None:
                 break
             embed = render.track_embed(request, track, fitted.description)
@@ -121,7 +126,9 @@ class DiscordJobEvents:
                     raise DeliveryError(f"Discord answered {exc.status} ({exc.code})") from exc
                 sent = len(fitted.data) + len(picture)
                 log.info("job %d: %d bytes refused (413); shrinking", job.id, sent)
-                limit = int(sent * 0.8) - len(picture)
+                fitted = await _unusable_audio_fails(
+                    fit_again(track.data, int(sent * 0.8) - len(picture))
+                )
         if not await claim():
             return None
         return await self._final(job, content=render.too_large_text(track))
@@ -297,24 +304,18 @@ def delivery_nonce(job: Job) -> str:
     return f"j{job.interaction_id}"[:25]
 
 
-async def _fit(data: bytes, limit: int) -> FittedAudio | None:
+async def _unusable_audio_fails(work: Awaitable[T]) -> T:
+    """Audio work on Replicate's output; bytes that aren't the track asked for fail the job
+    (permanently: a resumed job would only meet the same file again)."""
     try:
-        return await asyncio.to_thread(fit_to_limit, data, limit)
+        return await work
     except AudioError as exc:
         raise OutputError(
-            "Replicate returned a file that isn't usable audio, so there is no track to post.",
+            "Replicate returned a file that isn't the audio asked for, so there is no track "
+            "to post; please try again.",
             f"output audio rejected: {exc}",
         ) from exc
 
 
 def _discord_files(files: Files) -> list[discord.File]:
     return [discord.File(io.BytesIO(data), filename=name) for name, data in files]
-
-
-async def _waveform(data: bytes) -> bytes:
-    """The track's waveform picture for the card, or nothing if the audio can't be drawn."""
-    try:
-        return await asyncio.to_thread(waveform_png, data)
-    except AudioError as exc:
-        log.info("no waveform: %s", exc)
-        return b""

@@ -12,7 +12,9 @@ from discord import app_commands
 
 from bot.jobs.limits import Refusal
 from bot.jobs.store import NewJob
+from bot.music.audio import AudioError
 from bot.music.errors import InvalidRequestError
+from bot.music.isolation import probe_untrusted
 from bot.music.request import (
     MAX_GUIDANCE,
     MAX_PROMPT_LENGTH,
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+NOT_AUDIO = "audio must be an audio file (WAV, MP3, FLAC or Ogg) that plays: that one doesn't."
 AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".ogg", ".oga", ".m4a", ".aac", ".opus")
 MAX_AUDIO_BYTES = 25 * 1024 * 1024
 
@@ -101,7 +104,7 @@ async def submit_music(
     """Validate, check limits, enqueue; every refusal is one sentence and costs nothing."""
     try:
         if audio is not None:
-            options["input_audio"] = _audio_url(audio)
+            options["input_audio"] = await _checked_audio_url(audio)
         request = MusicRequest.parse(options, max_duration=bot.settings.max_duration_seconds)
     except InvalidRequestError as exc:
         log.info("rejected /music from user %d: %s", interaction.user.id, exc.user_message)
@@ -114,14 +117,28 @@ async def submit_music(
     bot.events.attach(result.id, interaction)
 
 
-def _audio_url(audio: discord.Attachment) -> str:
+async def _checked_audio_url(audio: discord.Attachment) -> str:
+    """The attachment's URL, once its bytes have been read and decode as audio: a text file
+    named .wav would otherwise be sent to Replicate and paid for."""
     content_type = (audio.content_type or "").split(";")[0]
     if not content_type.startswith("audio/") and not audio.filename.lower().endswith(
         AUDIO_EXTENSIONS
     ):
-        raise InvalidRequestError("audio must be an audio file (wav, mp3, flac, ogg…).")
+        raise InvalidRequestError(NOT_AUDIO)
     if audio.size > MAX_AUDIO_BYTES:
         raise InvalidRequestError("audio must be at most 25 MB.")
+    try:
+        data = await audio.read()
+    except discord.HTTPException as exc:
+        raise InvalidRequestError(
+            "The attached audio couldn't be read from Discord; please attach it again."
+        ) from exc
+    try:
+        info = await probe_untrusted(data)
+    except AudioError as exc:
+        log.info("attachment %s refused: %s", audio.id, exc)
+        raise InvalidRequestError(NOT_AUDIO) from exc
+    log.debug("attachment %s: %s", audio.id, info.describe())
     return audio.url
 
 

@@ -1,8 +1,11 @@
-"""Audio bytes in, audio bytes out: probing, fitting a track under an upload limit, waveforms.
+"""Audio bytes in, audio bytes out: probing, checking, fitting under an upload limit, waveforms.
 
-Everything here is synchronous and CPU-bound (libsndfile via soundfile, numpy, Pillow); callers
-run it in a worker thread (`asyncio.to_thread`). Nothing here knows about Discord: the upload
-limit is just a number of bytes.
+Everything here is synchronous and CPU-bound (libsndfile via soundfile, numpy, Pillow). The bytes
+come from outside (a model's output, a user's clip), and libsndfile's codecs are C code that a
+crafted header can crash, so the bot calls these functions through `bot.music.isolation`, which
+runs them in a child process with limits. The checks here (`ExpectedAudio`, `check_plausible`)
+read headers only and run before any decoding. Nothing here knows about Discord: the upload limit
+is just a number of bytes.
 
 `fit_to_limit` walks a ladder from best to worst quality and returns the first rung that fits:
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 import io
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,20 +34,39 @@ import soundfile as sf
 from numpy.typing import NDArray
 from PIL import Image
 
+from bot.music.request import AudioFormat, MusicRequest
+
 log = logging.getLogger(__name__)
 
 __all__ = [
     "AudioError",
     "AudioInfo",
+    "ExpectedAudio",
     "FittedAudio",
+    "UnexpectedAudioError",
+    "check_plausible",
     "fit_to_limit",
     "probe",
+    "probe_clip",
     "waveform_png",
 ]
 
 
 class AudioError(Exception):
-    """The bytes can't be decoded as audio. The message says why, for logs."""
+    """The bytes aren't usable audio. The message says why, for logs."""
+
+
+class UnexpectedAudioError(AudioError):
+    """The bytes decode, but hold something other than what was asked for (or than any sane
+    file holds). `info` is what the header claims."""
+
+    def __init__(self, message: str, info: AudioInfo) -> None:
+        super().__init__(message)
+        self.info = info
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Crosses a process boundary by pickle; the default would call __init__ with one argument.
+        return type(self), (str(self), self.info)
 
 
 @dataclass(frozen=True)
@@ -58,6 +81,12 @@ class AudioInfo:
     @property
     def duration_seconds(self) -> float:
         return self.frames / self.samplerate
+
+    def describe(self) -> str:
+        return (
+            f"{self.format.upper()}, {self.channels} channel(s), {self.samplerate} Hz, "
+            f"{self.duration_seconds:.1f} s"
+        )
 
 
 @dataclass(frozen=True)
@@ -121,14 +150,119 @@ def probe(data: bytes) -> AudioInfo:
     return _probe(data)[0]
 
 
+# What any file this bot handles may hold. libvorbis segfaults on 256 channels and on rates far
+# above 192 kHz, and FLAC stops at 8 channels, so audio outside these bounds is refused before
+# anything encodes it. An hour bounds what a header may claim (MusicGen makes at most minutes).
+MAX_CHANNELS = 8
+MIN_SAMPLERATE = 8000
+MAX_SAMPLERATE = 192_000
+MAX_SECONDS = 3600
+
+# MusicGen writes 32 kHz; see ExpectedAudio for the MP3 exception.
+MUSICGEN_SAMPLERATE = 32000
+_MP3_SAMPLERATES = frozenset({32000, 44100, 48000})
+
+
+@dataclass(frozen=True)
+class ExpectedAudio:
+    """What a finished generation must hold, judged from its header before any heavy work.
+
+    Channels follow the model (stereo models give 2, the others 1); the length is the requested
+    duration (for continuation too, where it is the total), within `tolerance_seconds`. The rate
+    is MusicGen's 32 kHz, except that an MP3 may also come at 44.1 or 48 kHz: the MP3 encoder
+    behind the model may resample to the rates MPEG-1 players expect, and those are harmless.
+    """
+
+    channels: int
+    seconds: float
+    format: AudioFormat
+
+    @classmethod
+    def for_request(cls, request: MusicRequest) -> ExpectedAudio:
+        return cls(
+            channels=2 if request.model_version.is_stereo else 1,
+            seconds=float(request.duration),
+            format=request.output_format,
+        )
+
+    @property
+    def samplerates(self) -> frozenset[int]:
+        if self.format is AudioFormat.MP3:
+            return _MP3_SAMPLERATES
+        return frozenset({MUSICGEN_SAMPLERATE})
+
+    @property
+    def tolerance_seconds(self) -> float:
+        return max(1.0, 0.1 * self.seconds)
+
+    def check(self, info: AudioInfo) -> None:
+        """Raise UnexpectedAudioError naming every way `info` differs from what was asked."""
+        wrong = [
+            name
+            for name, ok in (
+                ("format", info.format == self.format.value),
+                ("channels", info.channels == self.channels),
+                ("sample rate", info.samplerate in self.samplerates),
+                ("duration", abs(info.duration_seconds - self.seconds) <= self.tolerance_seconds),
+            )
+            if not ok
+        ]
+        if wrong:
+            raise UnexpectedAudioError(
+                f"wrong {', '.join(wrong)}: expected {self.describe()}; got {info.describe()}",
+                info,
+            )
+
+    def describe(self) -> str:
+        rates = " or ".join(str(rate) for rate in sorted(self.samplerates))
+        return (
+            f"{self.format.value.upper()}, {self.channels} channel(s), {rates} Hz, "
+            f"{self.seconds:g} s ± {self.tolerance_seconds:g} s"
+        )
+
+
+def check_plausible(info: AudioInfo) -> None:
+    """Raise UnexpectedAudioError when `info` is outside what any file here may hold (the
+    bounds above): such headers are crafted or broken, and encoders crash on some of them."""
+    problems = []
+    if info.channels > MAX_CHANNELS:
+        problems.append(f"{info.channels} channels (at most {MAX_CHANNELS})")
+    if not MIN_SAMPLERATE <= info.samplerate <= MAX_SAMPLERATE:
+        problems.append(f"{info.samplerate} Hz ({MIN_SAMPLERATE}..{MAX_SAMPLERATE})")
+    if info.duration_seconds > MAX_SECONDS:
+        problems.append(f"{info.duration_seconds:.0f} s (at most {MAX_SECONDS})")
+    if problems:
+        raise UnexpectedAudioError(f"implausible audio: {'; '.join(problems)}", info)
+
+
+def probe_clip(data: bytes) -> AudioInfo:
+    """`probe` for a clip a user hands in: also refuses implausible headers and checks that the
+    first samples really decode, so that a broken file isn't sent to the model (and paid for).
+
+    Raises AudioError (UnexpectedAudioError for implausible audio).
+    """
+    info = probe(data)
+    check_plausible(info)
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as source:
+            first = source.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)
+    except _SOUNDFILE_ERRORS as exc:
+        raise AudioError(f"audio doesn't decode ({len(data)} bytes): {_reason(exc)}") from exc
+    if len(first) == 0:
+        raise AudioError(f"audio decodes to no frames ({len(data)} bytes)")
+    return info
+
+
 def fit_to_limit(data: bytes, limit_bytes: int) -> FittedAudio | None:
     """The best-quality version of `data` that is at most `limit_bytes` long, or None.
 
     The original bytes come back untouched when they fit; otherwise the audio is re-encoded
     (same channels and sample rate) down the ladder in the module docstring. None means even the
-    lowest rung is too big. Raises AudioError when `data` isn't decodable audio.
+    lowest rung is too big. Raises AudioError when `data` isn't decodable audio, and
+    UnexpectedAudioError, before encoding anything, when it is implausible (`check_plausible`).
     """
     info, subtype = _probe(data)
+    check_plausible(info)
     if len(data) <= limit_bytes:
         return FittedAudio(
             data=data,
@@ -214,27 +348,23 @@ WAVEFORM_COLOUR = (88, 101, 242)  # a blurple accent
 # Quiet tracks are scaled up so their loudest peak reaches the edges, but by at most this much
 # (20 dB), so near-silence stays a near-flat line instead of magnified noise.
 _WAVEFORM_MAX_GAIN = 10.0
+# Frames decoded at a time for the waveform: 2 MB of float32 at 8 channels.
+_WAVEFORM_BLOCK_FRAMES = 65536
 
 
 def waveform_png(data: bytes, width: int = 800, height: int = 160) -> bytes:
     """A PNG picture of the audio: per pixel column, the min..max of the mono mix.
 
-    Silence draws as a one-pixel centre line. Raises AudioError when `data` isn't decodable audio
-    and ValueError for a non-positive size.
+    The audio is read a block at a time, so memory stays flat however long the file claims to
+    be (ten minutes of 8-channel FLAC is a few kilobytes, and 600 MB as float32). Silence draws
+    as a one-pixel centre line. Raises AudioError when `data` isn't decodable audio (and
+    UnexpectedAudioError when it is implausible), ValueError for a non-positive size.
     """
     if width < 1 or height < 1:
         raise ValueError(f"waveform size must be positive, got {width}x{height}")
-    _probe(data)
-    samples = _read(data, "float32")
-    mono = samples.mean(axis=1, dtype=np.float32)
-    if len(mono) == 0:  # pragma: no cover - _probe rejects frameless audio
-        low = high = np.zeros(width, dtype=np.float32)
-    else:
-        # Column c covers samples [edges[c], edges[c + 1]). With fewer samples than columns some
-        # edges repeat, and reduceat then yields the single sample at that edge: still right.
-        edges = np.arange(width, dtype=np.int64) * len(mono) // width
-        low = np.minimum.reduceat(mono, edges)
-        high = np.maximum.reduceat(mono, edges)
+    info = probe(data)
+    check_plausible(info)
+    low, high = _column_extremes(data, info, width)
     peak = float(max(-low.min(), high.max(), 0.0))
     gain = min(1.0 / peak, _WAVEFORM_MAX_GAIN) if peak > 0 else 1.0
     middle = (height - 1) / 2
@@ -402,6 +532,53 @@ def _read(data: bytes, dtype: str) -> NDArray[Any]:
         raise AudioError(f"audio decodes to no frames ({len(data)} bytes)")
     result: NDArray[Any] = samples
     return result
+
+
+def _column_extremes(
+    data: bytes, info: AudioInfo, width: int
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """Per pixel column, the min and max of the mono mix, a block at a time.
+
+    Column c covers frames [edges[c], edges[c + 1]) with edges[c] = c * frames // width; a
+    column with no frame of its own (fewer frames than columns) shows the frame at its edge,
+    as `np.minimum.reduceat` has it. Frames past the header's count extend the last column;
+    columns past the last frame that decodes (a header that overstates) stay at zero.
+    """
+    edges = np.arange(width, dtype=np.int64) * info.frames // width
+    low = np.full(width, np.inf, dtype=np.float32)
+    high = np.full(width, -np.inf, dtype=np.float32)
+    start = 0
+    for mono in _mono_blocks(data, info.channels):
+        end = start + len(mono)
+        first = int(np.searchsorted(edges, start))
+        if first == width or edges[first] > start:
+            first -= 1  # the column before began in an earlier block and runs into this one
+        columns = np.arange(first, int(np.searchsorted(edges, end)))
+        offsets = np.maximum(edges[columns] - start, 0)
+        low[columns] = np.minimum(low[columns], np.minimum.reduceat(mono, offsets))
+        high[columns] = np.maximum(high[columns], np.maximum.reduceat(mono, offsets))
+        start = end
+    if start == 0:
+        raise AudioError(f"audio decodes to no frames ({len(data)} bytes)")
+    return np.where(np.isfinite(low), low, 0), np.where(np.isfinite(high), high, 0)
+
+
+def _mono_blocks(data: bytes, channels: int) -> Iterator[NDArray[np.float32]]:
+    """The mono mix of `data`, block by block, in one buffer reused for every block (so each
+    block must be used up before the next is asked for).
+
+    Not `sf.blocks`: it counts down the frames the header claims, so a header that overstates
+    them would have it yield stale buffers; reading until libsndfile returns nothing stops at
+    the real end.
+    """
+    frames = np.empty((_WAVEFORM_BLOCK_FRAMES, channels), dtype=np.float32)
+    mono = np.empty(_WAVEFORM_BLOCK_FRAMES, dtype=np.float32)
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as source:
+            while len(block := source.read(out=frames)):
+                yield np.mean(block, axis=1, dtype=np.float32, out=mono[: len(block)])
+    except _SOUNDFILE_ERRORS as exc:
+        raise AudioError(f"audio doesn't decode ({len(data)} bytes): {_reason(exc)}") from exc
 
 
 def _reason(exc: Exception) -> str:

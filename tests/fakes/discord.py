@@ -90,6 +90,21 @@ class _Fault:
         )
 
 
+@dataclass
+class _Hold:
+    method: str
+    path: re.Pattern[str]
+    when: Callable[[RestCall], bool] | None
+    release: asyncio.Event
+
+    def matches(self, call: RestCall) -> bool:
+        return (
+            self.method == call.method
+            and self.path.search(call.path) is not None
+            and (self.when is None or self.when(call))
+        )
+
+
 class FakeDiscord:
     """A fake Discord for one bot, one guild and one text channel."""
 
@@ -146,6 +161,8 @@ class FakeDiscord:
         )
         self._openapi = DiscordOpenAPI.load()
         self._faults: list[_Fault] = []
+        self._holds: list[_Hold] = []
+        self._all_holds: list[_Hold] = []  # released when the fake closes
         self._waiters: list[tuple[Callable[[RestCall], bool], asyncio.Future[RestCall]]] = []
         self._runner: web.AppRunner | None = None
         self._base_url: str | None = None
@@ -175,6 +192,8 @@ class FakeDiscord:
         log.debug("fake Discord listening on %s", self._base_url)
 
     async def close(self) -> None:
+        for hold in self._all_holds:
+            hold.release.set()
         for _, future in self._waiters:
             future.cancel()
         self._waiters.clear()
@@ -304,6 +323,16 @@ class FakeDiscord:
         pattern = re.compile(path_regex)
         fault = _Fault(method.upper(), pattern, status, body, dict(headers or {}), when)
         self._faults.append(fault)
+
+    def hold_next(
+        self, method: str, path_regex: str, *, when: Callable[[RestCall], bool] | None = None
+    ) -> asyncio.Event:
+        """Carry out the next matching request at once but hold back its answer until the
+        returned event is set: a bot killed meanwhile never learns that it succeeded."""
+        hold = _Hold(method.upper(), re.compile(path_regex), when, asyncio.Event())
+        self._holds.append(hold)
+        self._all_holds.append(hold)
+        return hold.release
 
     # ------------------------------------------------------------------ interactions
 
@@ -551,6 +580,10 @@ class FakeDiscord:
                 answer = Answer(400, {"message": f"fake Discord crashed: {exc!r}", "code": 0})
             self._check_answer(request.method, path, answer)
         self._finish(call, answer)
+        hold = next((h for h in self._holds if h.matches(call)), None)
+        if hold is not None:
+            self._holds.remove(hold)
+            await hold.release.wait()
         return self._respond(answer)
 
     async def _serve_file(self, request: web.Request) -> web.StreamResponse:
