@@ -11,7 +11,6 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
@@ -110,9 +109,7 @@ def _sync(args: argparse.Namespace, settings: Settings) -> int:
 def _generate(args: argparse.Namespace, settings: Settings) -> int:
     settings.require("REPLICATE_API_TOKEN")
     try:
-        request = MusicRequest.parse(
-            _request_options(args), max_duration=settings.max_duration_seconds
-        )
+        request = _request(args, settings)
         _check_out(args.out)
     except InvalidRequestError as exc:
         print(f"jambot: {exc.user_message}", file=sys.stderr)
@@ -128,25 +125,22 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
     return _save(track, args.out or Path(track_filename(request.prompt, track.seed, track.format)))
 
 
-def _request_options(args: argparse.Namespace) -> dict[str, Any]:
-    options: dict[str, Any] = {
-        "prompt": args.prompt,
-        "duration": args.duration,
-        "model_version": args.model,
-        "temperature": args.temperature,
-        "top_k": args.top_k,
-        "top_p": args.top_p,
-        "classifier_free_guidance": args.guidance,
-        "output_format": args.output_format,
-        "continuation": args.continuation,
-    }
-    if args.normalization:
-        options["normalization_strategy"] = args.normalization
-    if args.seed is not None:
-        options["seed"] = args.seed
-    if args.audio:
-        options["input_audio"] = _audio_input(args.audio)
-    return options
+def _request(args: argparse.Namespace, settings: Settings) -> MusicRequest:
+    return MusicRequest.from_options(
+        args.prompt,
+        duration=args.duration,
+        model=args.model,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        guidance=args.guidance,
+        output_format=args.output_format,
+        normalization=args.normalization,
+        seed=args.seed,
+        input_audio=_audio_input(args.audio) if args.audio else None,
+        continuation=args.continuation,
+        max_duration=settings.max_duration_seconds,
+    )
 
 
 def _audio_input(value: str) -> str:

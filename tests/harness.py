@@ -99,7 +99,7 @@ class Harness:
         return await wait_for(lambda: self._job(interaction, terminal), timeout)
 
     async def _job(self, interaction: FakeInteraction, terminal: bool) -> Job | None:
-        for job in await self.bot.store.recent_for_user(interaction.user_id, limit=1000):
+        for job in await self.bot.services.store.recent_for_user(interaction.user_id, limit=1000):
             if job.interaction_id == interaction.id and (job.is_terminal or not terminal):
                 return job
         return None

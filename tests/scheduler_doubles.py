@@ -23,6 +23,7 @@ from bot.jobs.scheduler import Claim, Delivery, Scheduler
 from bot.jobs.store import Job, JobStore, NewJob
 from bot.music.backend import CreatedCallback, Progress, ProgressCallback, Track
 from bot.music.errors import GenerationError
+from bot.music.replicate import DATA_URI_LIMIT, data_uri
 from bot.music.request import MusicRequest
 from tests.harness import wait_for
 
@@ -54,14 +55,25 @@ def track(prediction_id: str) -> Track:
     )
 
 
+@dataclass(frozen=True)
+class Upload:
+    """One `upload_audio` call and the URI it returned."""
+
+    data: bytes = field(repr=False)
+    filename: str
+    content_type: str
+    uri: str
+
+
 class MemoryBackend:
     """Predictions in memory. `hold()` makes them wait for `release()`; `raise_next` fails
-    the next finish with the given exception."""
+    the next finish with the given exception. Uploads are recorded in `uploads`."""
 
     def __init__(self) -> None:
         self.creates: list[str] = []
         self.resumes: list[str] = []
         self.cancels: list[str] = []
+        self.uploads: list[Upload] = []
         self.raise_next: deque[BaseException] = deque()
         self._gate = asyncio.Event()
         self._gate.set()
@@ -98,6 +110,17 @@ class MemoryBackend:
 
     async def cancel(self, prediction_id: str) -> None:
         self.cancels.append(prediction_id)
+
+    async def upload_audio(
+        self, data: bytes, *, filename: str, content_type: str = "audio/wav"
+    ) -> str:
+        """A data URI under Replicate's limit, else a made-up file URL, as the real one does."""
+        if len(data) < DATA_URI_LIMIT:
+            uri = data_uri(data, content_type)
+        else:
+            uri = f"https://api.replicate.com/v1/files/memory{len(self.uploads) + 1}"
+        self.uploads.append(Upload(data, filename, content_type, uri))
+        return uri
 
     async def aclose(self) -> None:
         pass

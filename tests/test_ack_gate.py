@@ -7,7 +7,7 @@ import gc
 
 import pytest
 
-from bot.chat.app import AckGate
+from bot.chat.acks import AckGate
 
 
 async def test_gc_waits_while_acknowledgements_are_in_flight() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import io
 import re
 from collections.abc import AsyncIterator
@@ -16,9 +18,12 @@ from replicate.exceptions import ReplicateError
 
 from tests.fakes.replicate import (
     DEFAULT_VERSION,
+    MAX_FILE_BYTES,
     FakeReplicate,
     HttpFault,
     Outcome,
+    decode_data_uri,
+    render_audio,
     validate_musicgen_input,
 )
 
@@ -435,3 +440,170 @@ async def test_open_connections_follow_the_client(fake: FakeReplicate) -> None:
         await session.get(f"{fake.base_url}/v1/predictions/x")
         assert fake.open_connections == 1
     await fake.wait_connections_closed()
+
+
+# -- the Files API and input_audio ---------------------------------------------------------
+
+WAV = render_audio(duration=0.5, channels=1, sample_rate=8000, output_format="wav")
+
+
+async def test_upload_through_the_official_client_has_the_documented_shape(
+    fake: FakeReplicate, client: Client, http: httpx.AsyncClient
+) -> None:
+    created = await client.files.async_create(
+        io.BytesIO(WAV), filename="tail.wav", content_type="audio/wav", metadata={"job": 7}
+    )
+    assert (created.name, created.content_type, created.size) == ("tail.wav", "audio/wav", len(WAV))
+    assert created.metadata == {"job": 7}
+    assert created.checksums["sha256"] == hashlib.sha256(WAV).hexdigest()
+    assert created.urls == {"get": f"{fake.base_url}/v1/files/{created.id}"}
+    assert created.created_at.endswith("Z") and created.expires_at is not None
+    [record] = fake.uploads
+    assert (record.status, record.file_id, record.size) == (201, created.id, len(WAV))
+    assert fake.requests_to("upload")[0].status == 201
+    assert fake.file_bytes(created.urls["get"]) == WAV
+
+    got = await http.get(f"/v1/files/{created.id}")
+    assert got.headers["content-type"].startswith("application/json")
+    assert got.json() == (await client.files.async_get(created.id)).dict()
+    assert (await http.get("/v1/files/nope")).json() == {"detail": "File not found", "status": 404}
+
+
+async def test_uploaded_bytes_download_from_a_signed_url_only(
+    fake: FakeReplicate, client: Client
+) -> None:
+    created = await client.files.async_create(
+        io.BytesIO(WAV), filename="tail.wav", content_type="audio/wav"
+    )
+    async with httpx.AsyncClient(transport=local_transport()) as public:  # no token
+        signed = await public.get(fake.download_url(created.id))
+        forged = await public.get(fake.download_url(created.id) + "x")
+        expired = await public.get(fake.download_url(created.id, lifetime=-1))
+    assert (signed.status_code, signed.content) == (200, WAV)
+    assert signed.headers["content-type"] == "audio/wav"
+    assert (forged.status_code, expired.status_code) == (404, 404)
+
+
+async def test_files_routes_need_the_token(fake: FakeReplicate) -> None:
+    async with httpx.AsyncClient(base_url=fake.base_url, transport=local_transport()) as anon:
+        posted = await anon.post("/v1/files", files={"content": ("a.wav", WAV, "audio/wav")})
+        got = await anon.get("/v1/files/anything")
+    assert (posted.status_code, got.status_code) == (401, 401)
+    assert posted.json()["title"] == "Unauthenticated"
+    assert [u.status for u in fake.uploads] == [401] and fake.files == {}
+
+
+async def test_upload_over_the_limit_is_413_problem(
+    fake: FakeReplicate, client: Client, http: httpx.AsyncClient
+) -> None:
+    fake.max_file_bytes = 1000
+    raw = await http.post("/v1/files", files={"content": ("a.wav", WAV, "audio/wav")})
+    assert raw.status_code == 413
+    assert raw.headers["content-type"].startswith("application/problem+json")
+    assert raw.json() == {
+        "title": "Content Too Large",
+        "detail": "Files must be less than 1000 bytes in size",
+        "status": 413,
+    }
+    with pytest.raises(ReplicateError) as caught:
+        await client.files.async_create(io.BytesIO(WAV), filename="a.wav")
+    assert caught.value.status == 413
+    assert fake.files == {} and [u.status for u in fake.uploads] == [413, 413]
+    assert FakeReplicate().max_file_bytes == MAX_FILE_BYTES == 100 * 2**20
+
+
+async def test_upload_fields_win_over_the_parts_own(
+    fake: FakeReplicate, http: httpx.AsyncClient
+) -> None:
+    fields = {"filename": "named.wav", "type": "audio/x-wav", "metadata": '{"a": 1}'}
+    raw = await http.post(
+        "/v1/files", data=fields, files={"content": ("blob", b"RIFF", "application/octet-stream")}
+    )
+    assert raw.status_code == 201
+    body = raw.json()
+    assert (body["name"], body["content_type"], body["metadata"]) == (
+        "named.wav",
+        "audio/x-wav",
+        {"a": 1},
+    )
+    missing = await http.post("/v1/files", files={"other": ("a.wav", b"x", "audio/wav")})
+    bad_meta = await http.post(
+        "/v1/files", data={"metadata": "{"}, files={"content": ("a.wav", b"x", "audio/wav")}
+    )
+    not_multipart = await http.post("/v1/files", json={"content": "x"})
+    assert [r.status_code for r in (missing, bad_meta, not_multipart)] == [422, 422, 422]
+    assert len(fake.files) == 1
+
+
+async def test_upload_faults_are_answered_after_the_body(
+    fake: FakeReplicate, client: Client
+) -> None:
+    fake.fail_uploads(HttpFault.server_error(503))
+    with pytest.raises(ReplicateError) as caught:
+        await client.files.async_create(io.BytesIO(WAV), filename="a.wav")
+    assert caught.value.status == 503
+    await client.files.async_create(io.BytesIO(WAV), filename="a.wav")
+    assert [u.status for u in fake.uploads] == [503, 201] and len(fake.files) == 1
+
+
+async def test_input_audio_as_a_data_uri_or_an_uploaded_file(
+    fake: FakeReplicate, client: Client
+) -> None:
+    created = await client.files.async_create(io.BytesIO(WAV), filename="tail.wav")
+    inline = "data:audio/wav;base64," + base64.b64encode(WAV).decode()
+    elsewhere = "https://cdn.example.com/riff.wav"
+    ids = []
+    for audio in (inline, created.urls["get"], elsewhere):
+        prediction = await client.predictions.async_create(
+            version=DEFAULT_VERSION, input={**PROMPT, "input_audio": audio, "continuation": True}
+        )
+        ids.append(prediction.id)
+    assert fake.input_audio_bytes(ids[0]) == WAV
+    assert fake.input_audio_bytes(ids[1]) == WAV
+    with pytest.raises(KeyError):
+        fake.input_audio_bytes(ids[2])  # another host's file is not fetched
+    for prediction_id in ids:
+        fake.finish(prediction_id)
+        assert fake.predictions[prediction_id].status == "succeeded"
+
+
+@pytest.mark.parametrize(
+    ("audio", "error"),
+    [
+        ("data:audio/wav;base64,@@@@", "input_audio is not a valid data URI"),
+        ("{base}/v1/files/nosuchfile", "input_audio file nosuchfile not found"),
+    ],
+)
+async def test_input_audio_the_worker_cannot_read_fails_the_prediction(
+    fake: FakeReplicate, client: Client, audio: str, error: str
+) -> None:
+    prediction = await client.predictions.async_create(
+        version=DEFAULT_VERSION,
+        input={**PROMPT, "input_audio": audio.format(base=fake.base_url), "continuation": True},
+    )
+    await prediction.async_wait()
+    assert (prediction.status, prediction.error) == ("failed", error)
+
+
+async def test_a_create_with_a_data_uri_near_the_limit_is_accepted(
+    fake: FakeReplicate, http: httpx.AsyncClient
+) -> None:
+    data = bytes(999_999)
+    audio = "data:audio/wav;base64," + base64.b64encode(data).decode()
+    body = {
+        "version": DEFAULT_VERSION,
+        "input": {**PROMPT, "input_audio": audio, "continuation": True},
+    }
+    created = await http.post("/v1/predictions", json=body)
+    assert created.status_code == 201
+    assert fake.input_audio_bytes(created.json()["id"]) == data
+
+
+def test_data_uris_decode_and_are_uris_to_the_schema() -> None:
+    assert decode_data_uri("data:audio/wav;base64,UklGRg==") == b"RIFF"
+    assert decode_data_uri("data:text/plain,a%20b") == b"a b"
+    assert decode_data_uri("data:audio/wav;base64") is None
+    assert decode_data_uri("https://example.com/a.wav") is None
+    assert (
+        validate_musicgen_input({"prompt": "x", "input_audio": "data:audio/wav;base64,AA=="}) == []
+    )

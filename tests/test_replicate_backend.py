@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import functools
 import io
 import logging
 
@@ -10,10 +12,10 @@ import soundfile as sf
 
 from bot.music import errors
 from bot.music.backend import Progress
-from bot.music.replicate import ReplicateBackend
+from bot.music.replicate import DATA_URI_LIMIT, ReplicateBackend
 from bot.music.request import MusicRequest
 from tests.conftest import make_backend
-from tests.fakes.replicate import FakeReplicate, HttpFault, Outcome
+from tests.fakes.replicate import FakeReplicate, HttpFault, Outcome, render_audio
 from tests.test_request import DEFAULT_INPUT
 
 
@@ -517,3 +519,186 @@ async def test_aclose_closes_every_connection(replicate_fake: FakeReplicate) -> 
     assert replicate_fake.open_connections > 0  # keep-alive connections of the pools
     await backend.aclose()
     await replicate_fake.wait_connections_closed()
+
+
+# -- audio to continue: inline when small, uploaded when not --------------------------------
+
+
+@functools.cache
+def clip(seconds: float) -> bytes:
+    """A 16-bit stereo WAV, as the bot's own tracks are cut (128,000 bytes a second)."""
+    return render_audio(duration=seconds, channels=2, sample_rate=32000, output_format="wav")
+
+
+SMALL, LARGE = 1.6, 16.0  # about 200 KB and 2 MB
+
+
+def upload_retry_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "bot.music.retry" and "POST /v1/files" in r.getMessage()
+    ]
+
+
+async def test_a_small_clip_goes_inline_without_an_upload(
+    replicate_fake: FakeReplicate, backend: ReplicateBackend
+) -> None:
+    data = clip(SMALL)
+    assert 150_000 < len(data) < DATA_URI_LIMIT
+    uri = await backend.upload_audio(data, filename="tail.wav")
+    prefix = "data:audio/wav;base64,"
+    assert uri.startswith(prefix)
+    assert base64.b64decode(uri.removeprefix(prefix)) == data
+    assert replicate_fake.requests == [] and replicate_fake.uploads == []
+
+
+async def test_a_large_clip_is_uploaded_once_and_its_url_holds_the_clip(
+    replicate_fake: FakeReplicate, backend: ReplicateBackend
+) -> None:
+    data = clip(LARGE)
+    assert len(data) > 2_000_000
+    url = await backend.upload_audio(data, filename="tail.wav")
+    [upload] = replicate_fake.requests_to("upload")
+    assert (upload.method, upload.status) == ("POST", 201)
+    assert upload.headers["Authorization"] == f"Bearer {replicate_fake.token}"
+    [record] = replicate_fake.uploads
+    assert (record.filename, record.content_type, record.size) == (
+        "tail.wav",
+        "audio/wav",
+        len(data),
+    )
+    assert url == f"{replicate_fake.base_url}/v1/files/{record.file_id}"
+    assert replicate_fake.file_bytes(url) == data
+
+
+@pytest.mark.parametrize("seconds", [SMALL, LARGE])
+async def test_a_continuation_reaches_the_model_with_the_exact_clip(
+    replicate_fake: FakeReplicate, backend: ReplicateBackend, seconds: float
+) -> None:
+    data = clip(seconds)
+    uri = await backend.upload_audio(data, filename="tail.wav")
+    extended = request(seed=5).continuing(uri, duration=20, max_duration=30)
+    track = await backend.generate(extended)
+    [create] = replicate_fake.creates
+    assert create.status == 201 and create.body["input"]["input_audio"] == uri
+    assert replicate_fake.predictions[track.prediction_id].error_text() is None
+    assert replicate_fake.input_audio_bytes(track.prediction_id) == data
+
+
+@pytest.mark.parametrize(
+    ("fault", "error_type", "phrase"),
+    [
+        (None, errors.InputRejectedError, "too large for Replicate's file upload"),
+        (HttpFault.unauthenticated(), errors.AuthenticationError, "REPLICATE_API_TOKEN"),
+        (HttpFault.forbidden(), errors.AuthenticationError, "REPLICATE_API_TOKEN"),
+        (HttpFault.not_found(), errors.PermanentError, "file upload isn't available"),
+    ],
+)
+async def test_a_refused_upload_is_permanent_and_said_in_a_sentence(
+    replicate_fake: FakeReplicate,
+    backend: ReplicateBackend,
+    fault: HttpFault | None,
+    error_type: type[errors.GenerationError],
+    phrase: str,
+) -> None:
+    if fault is None:
+        replicate_fake.max_file_bytes = 1_500_000
+    else:
+        replicate_fake.fail_uploads(fault, fault, fault)
+    with pytest.raises(error_type) as caught:
+        await backend.upload_audio(clip(LARGE), filename="tail.wav")
+    assert isinstance(caught.value, errors.PermanentError)
+    assert phrase in caught.value.user_message and caught.value.user_message.endswith(".")
+    [upload] = replicate_fake.requests_to("upload")
+    assert str(upload.status) in caught.value.detail and "POST /v1/files" in caught.value.detail
+    assert replicate_fake.files == {}
+
+
+async def test_a_wrong_token_on_upload_is_an_authentication_error(
+    replicate_fake: FakeReplicate,
+) -> None:
+    backend = make_backend(replicate_fake, token="r8_wrong_secret_value_456")
+    try:
+        with pytest.raises(errors.AuthenticationError) as caught:
+            await backend.upload_audio(clip(LARGE), filename="tail.wav")
+    finally:
+        await backend.aclose()
+    assert [u.status for u in replicate_fake.uploads] == [401]
+    assert "r8_wrong" not in caught.value.detail
+
+
+@pytest.mark.parametrize("fault", [HttpFault.server_error(503), HttpFault.disconnect()])
+async def test_a_failed_upload_is_retried_once_and_logged(
+    replicate_fake: FakeReplicate,
+    backend: ReplicateBackend,
+    caplog: pytest.LogCaptureFixture,
+    fault: HttpFault,
+) -> None:
+    caplog.set_level(logging.INFO)
+    replicate_fake.fail_uploads(fault)
+    data = clip(LARGE)
+    url = await backend.upload_audio(data, filename="tail.wav")
+    assert [u.status for u in replicate_fake.uploads] == [fault.status, 201]
+    assert replicate_fake.file_bytes(url) == data
+    retries = [r.getMessage() for r in caplog.records if r.name == "bot.music.retry"]
+    assert len(retries) == 1 and "retrying in" in retries[0]
+
+
+GOOD_FILE = {
+    "id": "cneqzikepnug6xezperrr4z55o",
+    "name": "tail.wav",
+    "content_type": "audio/wav",
+    "size": 1,
+    "etag": "e",
+    "checksums": {},
+    "metadata": {},
+    "created_at": "2024-02-21T12:54:18Z",
+    "expires_at": None,
+    "urls": {"get": "https://api.replicate.com/v1/files/cneqzikepnug6xezperrr4z55o"},
+}
+GARBLED_FILES = [
+    HttpFault.html_page(201),
+    HttpFault.empty_answer(201),
+    HttpFault.json_answer([], status=201),
+    HttpFault.json_answer({"id": "abc"}, status=201),
+    HttpFault.json_answer({**GOOD_FILE, "urls": {}}, status=201),
+    HttpFault.json_answer({**GOOD_FILE, "urls": {"get": "not a url"}}, status=201),
+    HttpFault.json_answer(GOOD_FILE, status=201, content_type="text/plain"),
+]
+
+
+@pytest.mark.parametrize("fault", GARBLED_FILES)
+async def test_a_garbled_upload_answer_is_a_typed_error(
+    replicate_fake: FakeReplicate,
+    backend: ReplicateBackend,
+    caplog: pytest.LogCaptureFixture,
+    fault: HttpFault,
+) -> None:
+    caplog.set_level(logging.INFO)
+    replicate_fake.fail_uploads(fault, fault, fault)
+    with pytest.raises(errors.ServiceUnavailableError) as caught:
+        await backend.upload_audio(clip(LARGE), filename="tail.wav")
+    assert len(replicate_fake.uploads) == 3  # nothing is billed, so it was tried again
+    detail = caught.value.detail
+    assert "answered POST /v1/files with 201" in detail and replicate_fake.token not in detail
+    assert "try again" in caught.value.user_message
+    assert len(upload_retry_lines(caplog)) == 2
+
+
+async def test_an_upload_answer_of_the_wrong_size_is_tried_again(
+    replicate_fake: FakeReplicate, backend: ReplicateBackend
+) -> None:
+    replicate_fake.fail_uploads(HttpFault.json_answer(GOOD_FILE, status=201))
+    data = clip(LARGE)
+    url = await backend.upload_audio(data, filename="tail.wav")
+    assert [u.status for u in replicate_fake.requests_to("upload")] == [201, 201]
+    assert replicate_fake.file_bytes(url) == data
+
+
+async def test_an_empty_clip_is_refused_before_any_request(
+    replicate_fake: FakeReplicate, backend: ReplicateBackend
+) -> None:
+    with pytest.raises(errors.InvalidRequestError):
+        await backend.upload_audio(b"", filename="tail.wav")
+    assert replicate_fake.requests == []

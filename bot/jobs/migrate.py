@@ -19,11 +19,13 @@ import re
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from importlib import resources
 from importlib.resources.abc import Traversable
 
 import aiosqlite
+
+from bot.clock import format_timestamp, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -36,22 +38,6 @@ CREATE TABLE IF NOT EXISTS schema_version (
     applied_at TEXT NOT NULL
 )
 """
-
-
-TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
-"""How every timestamp is stored: ISO-8601 UTC text of fixed width, so strings sort by time."""
-
-
-def format_timestamp(moment: datetime) -> str:
-    """`moment` (timezone-aware) as stored text; naive datetimes are refused."""
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ValueError("timestamps must be timezone-aware")
-    return moment.astimezone(UTC).strftime(TIMESTAMP_FORMAT)
-
-
-def parse_timestamp(text: str) -> datetime:
-    """Stored text back to a timezone-aware UTC datetime."""
-    return datetime.strptime(text, TIMESTAMP_FORMAT).replace(tzinfo=UTC)
 
 
 class MigrationError(Exception):
@@ -117,16 +103,12 @@ async def current_version(db: aiosqlite.Connection) -> int:
     return int(row[0]) if row is not None and row[0] is not None else 0
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 async def migrate(
     db: aiosqlite.Connection,
     migrations: Sequence[Migration] | None = None,
     *,
     target: int | None = None,
-    now: Callable[[], datetime] = _utc_now,
+    now: Callable[[], datetime] = utc_now,
 ) -> list[int]:
     """Apply the pending `migrations` (default: the packaged ones) up to `target` (default: all).
 

@@ -65,4 +65,14 @@ class MusicBackend(Protocol):
         """Ask the backend to stop a prediction (best effort)."""
         ...
 
+    async def upload_audio(
+        self, data: bytes, *, filename: str, content_type: str = "audio/wav"
+    ) -> str:
+        """A URI for the audio `data` that a request can carry as `input_audio`.
+
+        It must still resolve when the prediction starts, so it is never the output URL of an
+        earlier track (Replicate deletes outputs after an hour): a data URI or a stored file.
+        """
+        ...
+
     async def aclose(self) -> None: ...

@@ -9,16 +9,21 @@ wraps any transport in a `RetryTransport` that silently retries GETs on 429/503/
 creates (POSTs, which it never retries) go through it, on a transport this module owns and
 closes. Polls and cancels use a plain httpx client on the documented routes; the download
 client carries no token, because output files live on another host.
+
+Audio to continue goes in as a data URI when small, else through Replicate's file upload (free,
+so retried like a poll): never as an earlier prediction's output URL, which dies within the hour.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import logging
 import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import httpx
 from pydantic import BaseModel, Field, SecretStr, ValidationError
@@ -34,10 +39,13 @@ from bot.settings import Settings
 log = logging.getLogger(__name__)
 
 EventHook = Callable[[httpx.Response], Awaitable[None]]
+Parsed = TypeVar("Parsed", bound=BaseModel)
 
 TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
 MIN_POLL_INTERVAL = 0.05
 OUTPUT_LIFETIME = timedelta(hours=1)
+DATA_URI_LIMIT = 1_000_000  # bytes; Replicate takes data URIs only for files under 1 MB
+_FILES_ROUTE = re.compile(r"/v1/files(?:/|$)")
 _PERCENT = re.compile(r"(\d{1,3}(?:\.\d+)?)%\|")  # tqdm: " 42%|████▏     | 210/500"
 _COUNTER = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$", re.MULTILINE)  # audiocraft: "  210 /   500"
 _SEED = re.compile(r"Using seed:? (\d+)")
@@ -82,6 +90,24 @@ class PredictionState(BaseModel):
         return float(value) if isinstance(value, int | float) else None
 
 
+class FileUrls(BaseModel):
+    get: str = Field(pattern=r"^https?://\S+$")
+
+
+class UploadedFile(BaseModel):
+    """Replicate's file JSON: the fields the official client's own model requires."""
+
+    id: str = Field(min_length=1)
+    name: str
+    content_type: str
+    size: int = Field(ge=0)
+    etag: str
+    checksums: dict[str, str]
+    metadata: dict[str, Any]
+    created_at: str
+    urls: FileUrls
+
+
 class ReplicateBackend:
     """MusicGen on Replicate. One instance (and so one set of HTTP pools) per process."""
 
@@ -96,6 +122,7 @@ class ReplicateBackend:
         retry: RetryPolicy | None = None,
         max_download_bytes: int = 100 * 1024 * 1024,
         http_timeout: float = 30.0,
+        upload_timeout: float = 120.0,
     ) -> None:
         self._model, _, self._version = model.partition(":")
         self._poll_interval = poll_interval
@@ -103,6 +130,7 @@ class ReplicateBackend:
         self._retry = retry or RetryPolicy()
         self._max_download_bytes = max_download_bytes
         self._http_timeout = http_timeout
+        self._upload_timeout = upload_timeout
         self._open_clients(api_token.get_secret_value(), base_url)
 
     @classmethod
@@ -123,7 +151,8 @@ class ReplicateBackend:
         )
 
     def _open_clients(self, token: str, base_url: str) -> None:
-        """Three pools: creates (official client), polls and cancels (ours), downloads (no token).
+        """Three pools: creates and uploads (official client), polls and cancels (ours),
+        downloads (no token).
 
         They share one TLS context, which is the slow part of building a client.
         """
@@ -210,6 +239,21 @@ class ReplicateBackend:
         else:
             log.info("cancelled prediction %s", prediction_id)
 
+    async def upload_audio(
+        self, data: bytes, *, filename: str, content_type: str = "audio/wav"
+    ) -> str:
+        """A URI for `data` that Replicate accepts as `input_audio` and keeps until it is used.
+
+        Replicate reads data URIs only for files under 1 MB; a larger clip is uploaded and its
+        file URL (`urls.get`, what the client itself passes for a file input) is returned. An
+        upload costs nothing, so transient failures are retried.
+        """
+        if not data:
+            raise errors.InvalidRequestError("The clip is empty.", f"{filename}: no audio bytes")
+        if len(data) < DATA_URI_LIMIT:
+            return data_uri(data, content_type)
+        return await self._retry.call(lambda: self._upload(data, filename, content_type))
+
     # -- steps ----------------------------------------------------------------------------
 
     def _deadline(self) -> float:
@@ -247,6 +291,25 @@ class ReplicateBackend:
             ) from exc
         log.info("created prediction %s", prediction.id)
         return str(prediction.id)
+
+    async def _upload(self, data: bytes, filename: str, content_type: str) -> str:
+        """One upload. The client sends it with no timeout at all: bound it here."""
+        files = self._client.files
+        try:
+            async with asyncio.timeout(self._upload_timeout):
+                created = await files.async_create(
+                    io.BytesIO(data), filename=filename, content_type=content_type
+                )
+        except TimeoutError:
+            raise errors.ServiceUnavailableError(detail="upload timed out") from None
+        except _UPLOAD_REWORDED as exc:  # the hook's other errors already say it right
+            raise _upload_error(exc) from exc
+        if created.size != len(data):
+            raise errors.ServiceUnavailableError(
+                detail=f"upload of {len(data)} bytes stored {created.size}: file {created.id}"
+            )
+        log.info("uploaded %s (%d bytes) as file %s", filename, len(data), created.id)
+        return str(created.urls["get"])
 
     def _send_create(self, payload: dict[str, Any]) -> Awaitable[Any]:
         predictions = self._client.predictions
@@ -360,11 +423,17 @@ class ReplicateBackend:
         return data
 
 
+def data_uri(data: bytes, content_type: str = "audio/wav") -> str:
+    """`data` inline, as Replicate reads small file inputs."""
+    return f"data:{content_type};base64,{base64.b64encode(data).decode('ascii')}"
+
+
 # -- translation of third-party failures (the only place that knows httpx/replicate errors) ----
 
 
 async def _raise_translated(response: httpx.Response) -> None:
-    """httpx response hook on the API clients: any answer that isn't a prediction raises ours.
+    """httpx response hook on the API clients: any answer that isn't what the route gives
+    (a file on the files routes, a prediction on the others) raises ours.
 
     It runs before the official client parses the body, so a proxy's HTML page, an empty body
     or JSON without `id` never reaches `json.loads` or pydantic as a raw exception.
@@ -373,18 +442,25 @@ async def _raise_translated(response: httpx.Response) -> None:
     if response.status_code >= 400:
         what = f"{response.request.method} {response.url.path}"
         raise _from_status(response.status_code, _problem(response), response.headers, what)
-    _prediction_state(response)
+    if _FILES_ROUTE.search(response.url.path):
+        _parsed(response, UploadedFile, "a file")
+    else:
+        _prediction_state(response)
 
 
 def _prediction_state(response: httpx.Response) -> PredictionState:
-    """The prediction in a 2xx JSON answer, or `UnexpectedResponseError` saying what came."""
+    return _parsed(response, PredictionState, "a prediction")
+
+
+def _parsed(response: httpx.Response, model: type[Parsed], noun: str) -> Parsed:
+    """The `model` in a 2xx JSON answer, or `UnexpectedResponseError` saying what came."""
     if not response.is_success or not _is_json(response):
         raise _unexpected(response, "not a JSON answer")
     try:
-        return PredictionState.model_validate_json(response.content)
+        return model.model_validate_json(response.content)
     except ValidationError as exc:
         fields = ", ".join(sorted({str(e["loc"][0]) for e in exc.errors() if e["loc"]}))
-        why = f"not a prediction (bad {fields})" if fields else "not a prediction"
+        why = f"not {noun} (bad {fields})" if fields else f"not {noun}"
         raise _unexpected(response, why) from exc
 
 
@@ -428,6 +504,10 @@ def _from_status(
         return errors.AuthenticationError(detail=detail)
     if status == 402:
         return errors.BillingError(detail=detail)
+    if status == 413:
+        return errors.InputRejectedError(
+            "The clip is too large for Replicate's file upload, so it can't be sent.", detail
+        )
     if status == 404:
         return errors.ModelNotFoundError(detail=detail)
     if status == 422:
@@ -455,6 +535,31 @@ def _translate(exc: Exception, what: str = "request") -> errors.GenerationError:
             f"{what} failed: {type(exc).__name__}",
         )
     return errors.ServiceUnavailableError(detail=f"unexpected HTTP failure: {type(exc).__name__}")
+
+
+_UPLOAD_REWORDED = (
+    errors.UnexpectedResponseError,
+    errors.ModelNotFoundError,
+    httpx.HTTPError,
+    ReplicateError,
+    ValueError,
+)
+
+
+def _upload_error(exc: Exception) -> errors.GenerationError:
+    """Our error for a failed upload. Unlike a create's, a garbled answer is worth another
+    try (nothing is billed), and a 404 means the files route, not the model, is missing."""
+    if isinstance(exc, errors.UnexpectedResponseError):
+        return errors.ServiceUnavailableError(detail=exc.detail)
+    if isinstance(exc, errors.ModelNotFoundError):
+        return errors.PermanentError(
+            "Replicate's file upload isn't available, so the clip can't be sent.", exc.detail
+        )
+    if isinstance(exc, ValueError):  # the client's own model refused a body our hook let through
+        return errors.ServiceUnavailableError(
+            detail=f"upload answer is not a file: {type(exc).__name__}"
+        )
+    return _translate(exc, "upload")
 
 
 def _retry_after(headers: httpx.Headers | None) -> float | None:

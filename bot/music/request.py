@@ -2,12 +2,16 @@
 
 Ranges and cross-field rules follow MusicGen's own `predict.py` on Replicate, so a request that
 would fail there (after being billed) fails here first, for free. Every rejection becomes one
-sentence a Discord user understands; see `MusicRequest.parse`.
+sentence a Discord user understands (worded by `bot.music.rejections`).
+
+Every request comes to be through one of the constructors here: `from_options` (a command's
+options), `from_stored` (a job's request read back), `with_new_seed`, `varied` and `continuing`
+(derived from a delivered track's request). None of them knows where its inputs came from.
 """
 
 from __future__ import annotations
 
-import math
+import random
 import unicodedata
 from enum import StrEnum
 from typing import Any, Self
@@ -21,9 +25,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import ErrorDetails, PydanticCustomError
+from pydantic_core import PydanticCustomError
 
 from bot.music.errors import InvalidRequestError
+from bot.music.rejections import describe_error
 
 MAX_PROMPT_LENGTH = 1000
 DEFAULT_MAX_DURATION = 30
@@ -61,16 +66,6 @@ class Normalization(StrEnum):
     CLIP = "clip"
     PEAK = "peak"
     RMS = "rms"
-
-
-# The names a user knows each field by (the /music options and CLI flags).
-LABELS: dict[str, str] = {
-    "model_version": "model",
-    "classifier_free_guidance": "guidance",
-    "normalization_strategy": "normalization",
-    "output_format": "output_format",
-    "input_audio": "audio",
-}
 
 
 # Bidirectional controls (embeddings, overrides, isolates, marks) let a prompt reorder the text
@@ -172,14 +167,113 @@ class MusicRequest(BaseModel):
             raise _bad("continuation_end must come after continuation_start")
         return self
 
+    # -- the ways a request comes to be --------------------------------------------------
+
     @classmethod
     def parse(cls, data: dict[str, Any], *, max_duration: int = DEFAULT_MAX_DURATION) -> Self:
-        """Validate `data`; on failure raise InvalidRequestError with one readable sentence."""
+        """Validate `data` (field names); on failure raise InvalidRequestError with one
+        readable sentence. Every other constructor but `from_stored` comes through here."""
         try:
             return cls.model_validate(data, context={"max_duration": max_duration})
         except ValidationError as exc:
-            sentence = describe_error(exc.errors()[0], max_duration)
+            sentence = describe_error(exc.errors()[0], cls.model_fields, max_duration)
             raise InvalidRequestError(sentence, f"invalid request: {sentence}") from None
+
+    @classmethod
+    def from_options(
+        cls,
+        prompt: str,
+        *,
+        duration: int | None = None,
+        model: str | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        guidance: int | None = None,
+        output_format: str | None = None,
+        normalization: str | None = None,
+        seed: int | None = None,
+        input_audio: str | None = None,
+        continuation: bool = False,
+        max_duration: int = DEFAULT_MAX_DURATION,
+    ) -> Self:
+        """A request from the options as `/music` and `jambot generate` name them.
+
+        An option left None takes the field's default, so the defaults are kept in one place.
+        """
+        given = {
+            "prompt": prompt,
+            "duration": duration,
+            "model_version": model,
+            "temperature": temperature,
+            "top_k": top_k,
+            "top_p": top_p,
+            "classifier_free_guidance": guidance,
+            "output_format": output_format,
+            "normalization_strategy": normalization,
+            "seed": seed,
+            "input_audio": input_audio,
+            "continuation": continuation,
+        }
+        options = {name: value for name, value in given.items() if value is not None}
+        return cls.parse(options, max_duration=max_duration)
+
+    @classmethod
+    def from_stored(cls, json_text: str) -> Self:
+        """A job's request as it was accepted (`model_dump_json`).
+
+        Checked against ABSOLUTE_MAX_DURATION, not today's setting: lowering the cap must not
+        strand jobs already accepted. Text that isn't a request raises ValueError (pydantic's
+        ValidationError), not a user sentence: stored text is ours, so that is a bug or damage.
+        """
+        return cls.model_validate_json(json_text, context={"max_duration": ABSOLUTE_MAX_DURATION})
+
+    def with_new_seed(
+        self, rng_or_seed: random.Random | int, *, max_duration: int = ABSOLUTE_MAX_DURATION
+    ) -> Self:
+        """The same request with another seed: a fixed seed is replaced too, or the track
+        would come back the same. `rng_or_seed` is the seed, or draws one unlike the old."""
+        if isinstance(rng_or_seed, int):
+            return self._changed(max_duration, seed=rng_or_seed)
+        seed = self.seed
+        while seed == self.seed:
+            seed = rng_or_seed.randint(0, MAX_SEED)
+        return self._changed(max_duration, seed=seed)
+
+    def varied(
+        self, seed: int, *, step: float = 0.1, max_duration: int = ABSOLUTE_MAX_DURATION
+    ) -> Self:
+        """The same request with this seed and the temperature `step` higher (lower where that
+        would pass MAX_TEMPERATURE): a variation, not a repeat. Rounded so that 0.7 + 0.1 shows
+        as 0.8, not 0.7999999999999999."""
+        if step <= 0:
+            raise ValueError(f"step must be positive, not {step}")
+        temperature = round(self.temperature + step, 6)
+        if temperature > MAX_TEMPERATURE:
+            temperature = round(self.temperature - step, 6)
+        return self._changed(max_duration, seed=seed, temperature=temperature)
+
+    def continuing(self, audio_uri: str, *, duration: int, max_duration: int) -> Self:
+        """This request's settings, continuing the audio at `audio_uri`.
+
+        `audio_uri` comes from `MusicBackend.upload_audio`, never an earlier output URL (dead
+        within the hour). `duration` is the total length, the clip included. Every model
+        continues audio (only following a melody needs a melody model), so the model stays;
+        the old continuation window belonged to another clip, so it goes.
+        """
+        return self._changed(
+            max_duration,
+            input_audio=audio_uri,
+            continuation=True,
+            continuation_start=0,
+            continuation_end=None,
+            duration=duration,
+        )
+
+    def _changed(self, max_duration: int, **changes: Any) -> Self:
+        """A copy with `changes`, validated again as a new request is: a paid job's inputs
+        are never trusted unchecked."""
+        return self.parse({**self.model_dump(), **changes}, max_duration=max_duration)
 
     def to_replicate_input(self) -> dict[str, Any]:
         """The exact `input` object meta/musicgen expects (its own key names)."""
@@ -206,57 +300,3 @@ class MusicRequest(BaseModel):
         if self.multi_band_diffusion:
             body["multi_band_diffusion"] = True
         return body
-
-
-def describe_error(error: ErrorDetails, max_duration: int = DEFAULT_MAX_DURATION) -> str:
-    """Turn one pydantic error into a sentence naming the option as the user knows it."""
-    field = str(error["loc"][0]) if error["loc"] else ""
-    label = LABELS.get(field, field)
-    kind = error["type"]
-    ctx = error.get("ctx") or {}
-    if kind == "jambot":
-        return _sentence(error["msg"])
-    if field == "duration" and kind in {"greater_than_equal", "less_than_equal"}:
-        return f"duration must be between 1 and {max_duration} seconds."
-    if kind == "missing":
-        return f"{label} is required."
-    if kind == "extra_forbidden":
-        return f"There's no option called {label}."
-    if kind == "enum":
-        return f"{label} must be one of: {ctx.get('expected', '')}."
-    if kind in {"finite_number"} or (
-        isinstance(error.get("input"), float) and not math.isfinite(error["input"])
-    ):
-        return f"{label} must be a real number."
-    if kind.startswith(("int_", "float_", "bool_", "string_")) and kind != "string_too_long":
-        noun = {"int": "a whole number", "float": "a number", "bool": "true or false"}
-        return f"{label} must be {noun.get(kind.split('_')[0], 'text')}."
-    bounds = _bounds(field)
-    if bounds is not None:
-        return f"{label} must be {bounds}."
-    if kind == "string_too_long":
-        return f"{label} must be at most {ctx.get('max_length')} characters long."
-    return _sentence(f"{label} is invalid: {error['msg']}")
-
-
-def _bounds(field: str) -> str | None:
-    info = MusicRequest.model_fields.get(field)
-    if info is None:
-        return None
-    low = high = None
-    exclusive_low = False
-    for meta in info.metadata:
-        low = getattr(meta, "ge", low)
-        if getattr(meta, "gt", None) is not None:
-            low, exclusive_low = meta.gt, True
-        high = getattr(meta, "le", high)
-    if low is None or high is None:
-        return None
-    if exclusive_low:
-        return f"greater than {low} and at most {high}"
-    return f"between {low} and {high}"
-
-
-def _sentence(text: str) -> str:
-    text = text.strip()
-    return text if text.endswith(".") else text + "."
