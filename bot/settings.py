@@ -10,6 +10,8 @@ from pydantic import Field, SecretStr
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bot.music.rejections import describe_bounds
+
 DEFAULT_MODEL = "meta/musicgen:671ac645ce5e552cc63a54a2bbff63fcf798043055d2dac5fc9e36a837eedcfb"
 HTTP_URL = r"^https?://[^\s/]+\S*$"
 WEBSOCKET_URL = r"^wss?://[^\s/]+\S*$"
@@ -54,6 +56,7 @@ class Settings(BaseSettings):
     max_duration_seconds: int = Field(30, ge=1, le=300)
     generation_timeout_seconds: float = Field(300.0, gt=0, le=ONE_HOUR)
     max_attempts: int = Field(3, ge=1, le=10)
+    max_job_crashes: int = Field(3, ge=1, le=20)
     retry_base_delay_seconds: float = Field(1.0, ge=0, le=60)
     log_level: str = Field("INFO", pattern=r"^(?i:debug|info|warning|error)$")
 
@@ -98,13 +101,5 @@ def _number_rule(field: str) -> str | None:
     if info.annotation not in (int, float):
         return None
     kind = "a whole number" if info.annotation is int else "a number"
-    low = high = None
-    exclusive = False
-    for meta in info.metadata:
-        low = getattr(meta, "ge", low)
-        if getattr(meta, "gt", None) is not None:
-            low, exclusive = meta.gt, True
-        high = getattr(meta, "le", high)
-    if exclusive:
-        return f"must be {kind} greater than {low} and at most {high}"
-    return f"must be {kind} between {low} and {high}"
+    bounds = describe_bounds(info)
+    return f"must be {kind} {bounds}" if bounds else None

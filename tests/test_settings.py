@@ -85,6 +85,7 @@ NUMBERS = {
     "MAX_DURATION_SECONDS": "a whole number between 1 and 300",
     "GENERATION_TIMEOUT_SECONDS": "a number greater than 0 and at most 3600",
     "MAX_ATTEMPTS": "a whole number between 1 and 10",
+    "MAX_JOB_CRASHES": "a whole number between 1 and 20",
     "RETRY_BASE_DELAY_SECONDS": "a number between 0 and 60",
 }
 
