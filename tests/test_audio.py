@@ -30,6 +30,8 @@ from bot.music.audio import (
     fit_to_limit,
     probe,
     probe_clip,
+    stitch,
+    tail_clip,
     waveform_png,
 )
 from bot.music.request import AudioFormat, ModelVersion, MusicRequest
@@ -544,3 +546,154 @@ def test_waveform_rejects_bad_input() -> None:
         waveform_png(b"")
     with pytest.raises(ValueError):
         waveform_png(wav(), width=0)
+
+
+# --- tail_clip and stitch ------------------------------------------------------------------
+
+RATE = 32000
+
+
+def sine(start: int, frames: int, samplerate: int = RATE, channels: int = 2) -> NDArray[np.int16]:
+    """Frames `start`..`start + frames` of one endless 440 Hz sine, as 16-bit samples: pieces
+    of it join without a seam, as a continuation that renders its prompt perfectly would."""
+    t = (np.arange(frames) + start) / samplerate
+    wave = np.rint(0.5 * 32767 * np.sin(2 * np.pi * 440.0 * t)).astype(np.int16)
+    return np.repeat(wave[:, np.newaxis], channels, axis=1)
+
+
+def pcm_wav(samples: NDArray[Any], samplerate: int = RATE) -> bytes:
+    return encode(samples, samplerate, "WAV", "PCM_16")
+
+
+def jumps(samples: NDArray[Any]) -> NDArray[np.int64]:
+    """How far each sample is from the one before, loudest channel."""
+    result: NDArray[np.int64] = np.abs(np.diff(samples.astype(np.int64), axis=0)).max(axis=1)
+    return result
+
+
+@pytest.mark.parametrize(
+    ("seconds", "max_seconds", "clip_seconds"),
+    [(10.0, 4.0, 4.0), (3.0, 4.0, 3.0), (3.5, 4.0, 3.0), (0.5, 4.0, 0.5), (10.0, 4.7, 4.0)],
+)
+def test_tail_clip_is_the_last_whole_seconds(
+    seconds: float, max_seconds: float, clip_seconds: float
+) -> None:
+    track = sine(0, int(seconds * RATE))
+
+    clip = tail_clip(pcm_wav(track), max_seconds)
+
+    assert (clip.clip_seconds, clip.total_seconds) == (clip_seconds, seconds)
+    assert (clip.samplerate, clip.channels) == (RATE, 2)
+    assert sf.info(io.BytesIO(clip.wav)).subtype == "PCM_16"
+    got, _ = decode(clip.wav)
+    np.testing.assert_array_equal(got, track[len(track) - int(clip_seconds * RATE) :])
+
+
+@pytest.mark.parametrize(
+    ("format", "subtype"), [("FLAC", "PCM_24"), ("OGG", "VORBIS"), ("MP3", "MPEG_LAYER_III")]
+)
+def test_tail_clip_of_a_compressed_track_is_16_bit_wav(format: str, subtype: str) -> None:
+    data = encode(signal(6.0, RATE, 1), RATE, format, subtype)
+
+    clip = tail_clip(data, 2)
+
+    info = sf.info(io.BytesIO(clip.wav))
+    assert (info.format, info.subtype, info.samplerate, info.channels) == ("WAV", "PCM_16", RATE, 1)
+    assert info.frames == 2 * RATE and clip.clip_seconds == 2.0
+    assert clip.total_seconds == pytest.approx(6.0, abs=0.1)
+
+
+def test_tail_clip_keeps_only_the_tail_in_memory() -> None:
+    data = pcm_wav(sine(0, 60 * RATE))  # 7.7 MB of samples
+
+    tracemalloc.start()
+    try:
+        clip = tail_clip(data, 2)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert clip.clip_seconds == 2.0
+    assert peak < 2 * 1024 * 1024
+
+
+def test_tail_clip_refuses_bad_input() -> None:
+    with pytest.raises(ValueError):
+        tail_clip(wav(), 0.5)
+    with pytest.raises(AudioError, match="not decodable audio"):
+        tail_clip(b"<html></html>" * 50, 4)
+    with pytest.raises(UnexpectedAudioError, match="implausible"):
+        tail_clip(crafted_wav(*CRASHING_HEADERS["1-MHz"]), 4)
+
+
+def expected_wav(seconds: float, channels: int = 2) -> ExpectedAudio:
+    return ExpectedAudio(channels=channels, seconds=seconds, format=AudioFormat.WAV)
+
+
+def test_stitch_keeps_the_original_and_joins_without_a_seam() -> None:
+    original = sine(0, 10 * RATE)
+    output = sine(6 * RATE, 12 * RATE)  # a 4 s prompt (the original's 6..10 s), 8 s new
+
+    stitched, rate = decode(stitch(pcm_wav(original), pcm_wav(output), 4, expected_wav(12)))
+
+    assert rate == RATE and len(stitched) == 10 * RATE + 12 * RATE - 4 * RATE
+    fade = int(audio.CROSSFADE_SECONDS * RATE)
+    np.testing.assert_array_equal(stitched[: 10 * RATE - fade], original[:-fade])
+    np.testing.assert_array_equal(stitched[10 * RATE :], output[4 * RATE :])
+    join = jumps(stitched[10 * RATE - 2 * fade : 10 * RATE + fade])
+    assert join.max() <= jumps(stitched[: 10 * RATE - 2 * fade]).max()
+    # Alike sides sum to the one sine, not a 3 dB swell.
+    assert np.abs(stitched.astype(np.int64) - sine(0, 18 * RATE)).max() <= 1
+
+
+def test_a_rendition_out_of_step_with_the_original_fades_in_rather_than_clicks() -> None:
+    original = sine(0, 4 * RATE)
+    quarter = RATE // 440 // 4  # the rendition runs a quarter period ahead: a cut would click
+    output = sine(2 * RATE + quarter, 6 * RATE)
+
+    stitched, _ = decode(stitch(pcm_wav(original), pcm_wav(output), 2, expected_wav(6)))
+
+    elsewhere = jumps(stitched[: 3 * RATE]).max()
+    assert jumps(stitched[3 * RATE :]).max() <= 1.05 * elsewhere
+    hard_cut = np.concatenate([original, output[2 * RATE :]])
+    assert jumps(hard_cut).max() > 5 * elsewhere
+
+
+def test_stitch_keeps_unrelated_sides_equally_loud_through_the_join() -> None:
+    rng = np.random.default_rng(3)
+    original = rng.normal(0, 3000, (4 * RATE, 2)).astype(np.int16)
+    output = rng.normal(0, 3000, (6 * RATE, 2)).astype(np.int16)
+
+    stitched, _ = decode(stitch(pcm_wav(original), pcm_wav(output), 2, expected_wav(6)))
+
+    fade = int(audio.CROSSFADE_SECONDS * RATE)
+    middle = stitched[4 * RATE - fade // 2 - 400 : 4 * RATE - fade // 2 + 400]
+    ratio = np.sqrt(np.mean(middle.astype(np.float64) ** 2)) / 3000
+    assert 20 * np.log10(ratio) == pytest.approx(0.0, abs=1.0)
+
+
+def test_stitch_converts_an_output_of_another_rate_and_channel_count() -> None:
+    original = sine(0, 5 * RATE)
+    output = encode(sine(2 * 48000, 8 * 48000, 48000, 1), 48000, "MP3", "MPEG_LAYER_III")
+    expected = ExpectedAudio(channels=1, seconds=8, format=AudioFormat.MP3)
+    decoded_frames = sf.info(io.BytesIO(output)).frames
+
+    stitched, rate = decode(stitch(pcm_wav(original), output, 3, expected))
+
+    assert rate == RATE and stitched.shape[1] == 2
+    assert len(stitched) == pytest.approx(5 * RATE + (decoded_frames - 3 * 48000) * 2 / 3, abs=2)
+    np.testing.assert_array_equal(stitched[: 4 * RATE], original[: 4 * RATE])
+
+
+def test_stitch_refuses_what_it_cannot_join() -> None:
+    four_channels = pcm_wav(sine(0, 2 * RATE, channels=4))
+    stereo = pcm_wav(sine(0, 4 * RATE))
+
+    with pytest.raises(AudioError, match="can't join 2-channel audio to 4-channel"):
+        stitch(four_channels, stereo, 1, expected_wav(4))
+    with pytest.raises(AudioError, match="ends within its 4 s prompt"):
+        stitch(stereo, stereo, 4, expected_wav(4))
+    with pytest.raises(UnexpectedAudioError, match="wrong channels"):
+        stitch(stereo, stereo, 1, expected_wav(4, channels=1))
+    with pytest.raises(AudioError, match="not decodable audio"):
+        stitch(b"<html></html>" * 50, stereo, 1, expected_wav(4))

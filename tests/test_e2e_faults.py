@@ -54,7 +54,7 @@ async def test_a_locked_database_delays_a_job_and_refuses_new_ones_with_a_senten
             second = await h.music(prompt="arrives while locked", duration=1, user_id=2)
             reply = await _ephemeral_followup(h, second.token)
             assert "database is busy" in reply.json["content"]
-            assert not h.bot.scheduler.health().ok
+            assert not h.bot.services.scheduler.health().ok
             assert not any(c.files for c in h.discord.calls_for(first))
         finally:
             shell.execute("ROLLBACK")
@@ -65,7 +65,7 @@ async def test_a_locked_database_delays_a_job_and_refuses_new_ones_with_a_senten
         h.replicate.run_seconds = 0.2
         third = await h.music(prompt="after the lock", duration=1, user_id=3)
         assert (await h.final_reply(third)).files  # the dispatcher survived
-        assert h.bot.scheduler.health().ok
+        assert h.bot.services.scheduler.health().ok
         assert len(h.replicate.creates) == 2
 
 
@@ -105,7 +105,7 @@ async def test_an_attachment_that_is_not_audio_costs_nothing(tmp_path: Path) -> 
         assert "audio must be an audio file" in final.json["content"]
         await asyncio.sleep(0.3)
         assert h.replicate.creates == []
-        assert await h.bot.store.recent_for_user(interaction.user_id) == []
+        assert await h.bot.services.store.recent_for_user(interaction.user_id) == []
 
 
 async def test_garbled_polls_are_polled_again_and_cost_one_prediction(tmp_path: Path) -> None:
@@ -197,12 +197,12 @@ async def test_a_run_of_jobs_leaves_no_per_job_state_behind(tmp_path: Path) -> N
         sent = [await h.music(prompt=f"loop {n}", duration=1, user_id=n) for n in range(8)]
         for interaction in sent:
             await h.final_reply(interaction)
-        await wait_for(lambda: h.bot.scheduler.running_count == 0, 10)
+        await wait_for(lambda: h.bot.services.scheduler.running_count == 0, 10)
         await asyncio.sleep(0.5)
         front = h.bot.events.footprint()
         assert front.pop("done") == len(sent)  # bounded: the most recent RECENTLY_DONE
         assert front == {key: 0 for key in front}, front
-        back = h.bot.scheduler.footprint()
+        back = h.bot.services.scheduler.footprint()
         back.pop("queue_users")
         assert back == {key: 0 for key in back}, back
 

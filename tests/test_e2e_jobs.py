@@ -148,7 +148,7 @@ async def test_concurrency_cap_is_never_exceeded(tmp_path: Path) -> None:
         )
         for interaction in sent:
             await h.final_reply(interaction)
-        assert h.bot.scheduler.peak_running == 2
+        assert h.bot.services.scheduler.peak_running == 2
         spans = [(p.created_at, p.finished_at) for p in h.replicate.predictions.values()]
         for start, _ in spans:
             overlapping = sum(1 for s, e in spans if s <= start < (e or float("inf")))
@@ -173,7 +173,7 @@ async def test_cooldown_refuses_with_when_to_try_again(tmp_path: Path) -> None:
         text = await _refusal(h, refused)
         assert "You can request another track in 1 min." in text
         assert len(h.replicate.creates) == 1
-        assert len(await h.bot.store.recent_for_user(refused.user_id)) == 1
+        assert len(await h.bot.services.store.recent_for_user(refused.user_id)) == 1
 
 
 async def test_daily_quota_refuses_with_the_reset_time(tmp_path: Path) -> None:
@@ -207,7 +207,7 @@ async def test_cancel_a_running_job_cancels_at_replicate(tmp_path: Path) -> None
         await h.discord.wait_for_call(
             lambda c: "Cancelled" in str(c.json) and interaction.token in c.path
         )
-        assert (await h.bot.store.get(job.id)).status == "cancelled"  # type: ignore[union-attr]
+        assert (await h.bot.services.store.get(job.id)).status == "cancelled"  # type: ignore[union-attr]
         assert not deliveries(h.discord, interaction)
 
 
@@ -267,12 +267,12 @@ async def test_jam_history_queue_and_quota(tmp_path: Path) -> None:
 
 
 async def _delivered(h: Harness, user_id: int) -> bool:
-    jobs = await h.bot.store.recent_for_user(user_id)
+    jobs = await h.bot.services.store.recent_for_user(user_id)
     return bool(jobs) and jobs[0].status == "delivered"
 
 
 async def _has_prediction(h: Harness, job_id: int) -> bool:
-    job = await h.bot.store.get(job_id)
+    job = await h.bot.services.store.get(job_id)
     return job is not None and job.prediction_id is not None
 
 
@@ -346,5 +346,5 @@ async def test_simultaneous_commands_of_one_user_cannot_slip_past_a_limit(tmp_pa
             lambda: [c for c in h.discord.calls if c.method == "DELETE"], 10
         )  # one placeholder removed: that command was refused
         await asyncio.sleep(0.3)
-        assert len(await h.bot.store.recent_for_user(42)) == 1
+        assert len(await h.bot.services.store.recent_for_user(42)) == 1
         assert len(h.replicate.creates) == 1

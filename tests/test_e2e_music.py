@@ -238,8 +238,8 @@ async def test_expired_token_delivers_in_the_channel_mentioning_only_the_request
         assert post.json["allowed_mentions"].get("parse", []) == []
         assert post.files and audio_seconds(post.files[0][1]) == pytest.approx(1, abs=0.05)
         job = await h.job_for(interaction)
-        await wait_for(lambda: h.bot.store.get(job.id), 5)
-        assert (await h.bot.store.get(job.id)).status == "delivered"  # type: ignore[union-attr]
+        await wait_for(lambda: h.bot.services.store.get(job.id), 5)
+        assert (await h.bot.services.store.get(job.id)).status == "delivered"  # type: ignore[union-attr]
 
 
 async def test_token_rejected_by_discord_falls_back_to_the_channel(tmp_path: Path) -> None:

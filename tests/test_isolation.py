@@ -34,13 +34,16 @@ from bot.music.isolation import (
     AudioWorkerError,
     ChildLimits,
     PreparedTrack,
+    continuation_clip,
     fit_again,
     prepare_track,
     probe_untrusted,
     run_isolated,
+    stitch_extension,
 )
 from bot.music.request import AudioFormat, MusicRequest
-from tests.test_audio import CRASHING_HEADERS, crafted_wav, encode, silent_flac
+from bot.music.tags import TrackTags, read_tags
+from tests.test_audio import CRASHING_HEADERS, RATE, crafted_wav, decode, encode, silent_flac, sine
 from tests.test_audio import signal as music
 from tests.test_audio import wav as wav_of
 
@@ -113,6 +116,96 @@ async def test_an_mp3_output_at_44_1_khz_is_accepted() -> None:
 
     assert prepared.info.samplerate == 44100
     assert prepared.fitted is not None and prepared.fitted.data is data
+
+
+# --- tags ----------------------------------------------------------------------------------
+
+TAGS = TrackTags(prompt="lofi", seed=7, model="stereo-large", duration_seconds=8)
+
+
+async def test_a_track_that_fits_goes_out_as_it_came_with_tags_added() -> None:
+    data = wav8()
+
+    prepared = await prepare_track(data, STEREO_8S, 10 * 1024 * 1024, tags=TAGS)
+
+    fitted = prepared.fitted
+    assert fitted is not None and not fitted.transcoded and fitted.extension == "wav"
+    assert read_tags(fitted.data, "wav")["title"] == "lofi"
+    assert decode(fitted.data)[0].tobytes() == decode(data)[0].tobytes()
+
+
+@pytest.mark.parametrize("limit", [150_000, 1_024_044])
+async def test_a_tagged_fit_stays_under_the_limit(limit: int) -> None:
+    """1_024_044 is the untagged WAV's own size: the tags can't make it fit any more."""
+    data = wav8()
+    assert len(data) == 1_024_044
+
+    fitted = await fit_again(data, limit, tags=TAGS)
+    prepared = await prepare_track(data, STEREO_8S, limit, tags=TAGS)
+
+    assert fitted is not None and fitted.transcoded and len(fitted.data) <= limit
+    assert read_tags(fitted.data, fitted.extension)["seed"] == "7"
+    assert prepared.fitted is not None
+    assert len(prepared.fitted.data) + len(prepared.waveform) <= limit
+    assert read_tags(prepared.fitted.data, prepared.fitted.extension)["model"] == "stereo-large"
+
+
+# --- continuation ----------------------------------------------------------------------------
+
+
+def pcm_wav(samples: object) -> bytes:
+    return encode(samples, RATE, "WAV", "PCM_16")
+
+
+@pytest.mark.parametrize(("seconds", "clip_seconds"), [(10, 4), (3, 3)])
+async def test_continuation_clip_is_the_tracks_last_seconds(
+    seconds: int, clip_seconds: int
+) -> None:
+    track = sine(0, seconds * RATE)
+
+    clip = await continuation_clip(pcm_wav(track), 4)
+
+    assert (clip.clip_seconds, clip.total_seconds) == (clip_seconds, seconds)
+    assert (clip.samplerate, clip.channels) == (RATE, 2)
+    samples, _ = decode(clip.wav)
+    assert samples.tobytes() == track[-clip_seconds * RATE :].tobytes()
+
+
+async def test_continuation_clip_refuses_what_is_not_audio() -> None:
+    with pytest.raises(AudioError, match="not decodable audio"):
+        await continuation_clip(HTML, 4)
+    with pytest.raises(UnexpectedAudioError, match="256 channels"):
+        await continuation_clip(crafted_wav(*CRASHING_HEADERS["256-channels"]), 4)
+    with pytest.raises(ValueError):
+        await continuation_clip(wav8(), 0)
+
+
+async def test_stitch_extension_continues_the_original_seamlessly() -> None:
+    original = sine(0, 8 * RATE)
+    output = sine(4 * RATE, 12 * RATE)
+    expected = ExpectedAudio(channels=2, seconds=12, format=AudioFormat.WAV)
+
+    stitched = await stitch_extension(pcm_wav(original), pcm_wav(output), 4, expected)
+
+    samples, rate = decode(stitched)
+    assert rate == RATE and samples.shape == (16 * RATE, 2)
+    assert abs(samples.astype(int) - sine(0, 16 * RATE)).max() <= 1
+    assert samples[: 7 * RATE].tobytes() == original[: 7 * RATE].tobytes()
+
+
+async def test_stitch_extension_refuses_an_output_unlike_the_request() -> None:
+    original = pcm_wav(sine(0, 8 * RATE))
+    mono = pcm_wav(sine(4 * RATE, 12 * RATE, channels=1))
+    expected = ExpectedAudio(channels=2, seconds=12, format=AudioFormat.WAV)
+
+    with pytest.raises(UnexpectedAudioError, match="wrong channels"):
+        await stitch_extension(original, mono, 4, expected)
+    with pytest.raises(UnexpectedAudioError, match="wrong format, channels"):
+        await stitch_extension(original, silent_flac(), 4, expected)
+    with pytest.raises(AudioError, match="not decodable audio"):
+        await stitch_extension(HTML, pcm_wav(sine(0, 12 * RATE)), 4, expected)
+    with pytest.raises(ValueError):
+        await stitch_extension(original, mono, -1, expected)
 
 
 # --- hostile outputs -----------------------------------------------------------------------

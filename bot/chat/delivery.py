@@ -13,21 +13,28 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 from collections import deque
 from collections.abc import Awaitable, Sequence
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import Any, TypeVar
 
+import aiohttp
 import discord
 
 from bot.chat import render
-from bot.jobs.scheduler import Claim, Delivery, DeliveryError, load_request
+from bot.chat.buttons import cancel_view, result_view
+from bot.clock import utc_now
+from bot.jobs.scheduler import Claim, Delivery, DeliveryError
 from bot.jobs.store import Job
 from bot.music.audio import AudioError, ExpectedAudio
 from bot.music.backend import Progress, Track
 from bot.music.errors import GenerationError, OutputError
-from bot.music.isolation import fit_again, prepare_track
+from bot.music.isolation import fit_again, prepare_track, stitch_extension
+from bot.music.request import AudioFormat, MusicRequest
+from bot.music.tags import TrackTags
 from bot.naming import track_filename
 
 log = logging.getLogger(__name__)
@@ -40,6 +47,8 @@ DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
 DEAD_TOKEN = {(401, 50027), (404, 10015)}
 MAX_SHRINKS = 3
 WAVEFORM_NAME = "waveform.png"
+MAX_ORIGINAL_BYTES = 25 * 1024 * 1024
+DOWNLOAD_TIMEOUT = aiohttp.ClientTimeout(total=60)
 # Finished jobs remembered so that a progress edit still in flight can't overwrite the result;
 # such edits land within moments of the end, so the most recent few thousand are plenty.
 RECENTLY_DONE = 4096
@@ -103,16 +112,26 @@ class DiscordJobEvents:
         if resumed and (earlier := await self._already_delivered(job)) is not None:
             log.info("job %d: already delivered by an earlier run", job.id)
             return earlier
-        request = load_request(job)
-        expected = ExpectedAudio.for_request(request)
+        request = MusicRequest.from_stored(job.request_json)
+        audio, expected = await self._audio_to_post(job, track, request)
+        tags = TrackTags(
+            prompt=request.prompt,
+            seed=track.seed,
+            model=request.model_version.value,
+            duration_seconds=expected.seconds,
+            extended_from=f"jambot job {job.parent_job_id}" if job.action == "extend" else None,
+        )
         prepared = await _unusable_audio_fails(
-            prepare_track(track.data, expected, self._upload_limit(job))
+            prepare_track(audio, expected, self._upload_limit(job), tags=tags)
         )
         fitted, picture = prepared.fitted, prepared.waveform
+        buttons = result_view(job.id)
         for _ in range(MAX_SHRINKS):
             if fitted is None:
                 break
-            embed = render.track_embed(request, track, fitted.description)
+            embed = render.track_embed(
+                request, track, fitted.description, seconds=expected.seconds, lineage=_lineage(job)
+            )
             files = [(track_filename(request.prompt, track.seed, fitted.extension), fitted.data)]
             if picture:
                 embed.set_image(url=f"attachment://{WAVEFORM_NAME}")
@@ -120,18 +139,39 @@ class DiscordJobEvents:
             if not await claim():
                 return None
             try:
-                return await self._final(job, embed=embed, files=files)
+                return await self._final(job, embed=embed, files=files, view=buttons)
             except discord.HTTPException as exc:
                 if exc.status != 413:
                     raise DeliveryError(f"Discord answered {exc.status} ({exc.code})") from exc
                 sent = len(fitted.data) + len(picture)
                 log.info("job %d: %d bytes refused (413); shrinking", job.id, sent)
                 fitted = await _unusable_audio_fails(
-                    fit_again(track.data, int(sent * 0.8) - len(picture))
+                    fit_again(audio, int(sent * 0.8) - len(picture), tags=tags)
                 )
         if not await claim():
             return None
-        return await self._final(job, content=render.too_large_text(track))
+        return await self._final(job, content=render.too_large_text(track), view=buttons)
+
+    async def _audio_to_post(
+        self, job: Job, track: Track, request: MusicRequest
+    ) -> tuple[bytes, ExpectedAudio]:
+        """The bytes to deliver and what they must be: Replicate's output, or for Extend the
+        original track followed by the continuation (the original is read again from the
+        message it was delivered in). If the original can't be read any more, the
+        continuation is delivered alone, which is still what was paid for."""
+        expected = ExpectedAudio.for_request(request)
+        plan = ExtensionPlan.from_job(job)
+        if plan is None:
+            return track.data, expected
+        original = await _download(plan.source_url)
+        if original is None:
+            log.warning("job %d: the original track is gone; delivering the continuation", job.id)
+            return track.data, expected
+        stitched = await _unusable_audio_fails(
+            stitch_extension(original, track.data, plan.context_seconds, expected)
+        )
+        seconds = plan.original_seconds + expected.seconds - plan.context_seconds
+        return stitched, replace(expected, seconds=seconds, format=AudioFormat.WAV)
 
     # -- editing --------------------------------------------------------------------------------
 
@@ -163,7 +203,7 @@ class DiscordJobEvents:
             if job.id in self._done:
                 return
             try:
-                await self._edit(job, content=text)
+                await self._edit(job, content=text, view=cancel_view(job.id))
             except (TokenDead, discord.HTTPException) as exc:
                 log.info("job %d: progress edit skipped: %s", job.id, exc)
 
@@ -181,18 +221,24 @@ class DiscordJobEvents:
         content: str | None = None,
         embed: discord.Embed | None = None,
         files: Files = (),
+        view: discord.ui.View | None = None,
     ) -> Delivery:
-        """The one last message of a job: the reply edited, or a channel post if that fails."""
+        """The one last message of a job: the reply edited, or a channel post if that fails.
+        Its buttons are `view`'s; with None the Cancel button goes and nothing replaces it."""
         async with self._lock(job.id):
             self._mark_done(job.id)
             try:
                 if not self._token_expired(job):
-                    return await self._edit(job, content=content or "", embed=embed, files=files)
+                    return await self._edit(
+                        job, content=content or "", embed=embed, files=files, view=view
+                    )
             except TokenDead as exc:
                 log.info("job %d: interaction token dead (%s); posting in channel", job.id, exc)
             finally:
                 self._forget(job.id)
-            return await self._post_in_channel(job, content=content, embed=embed, files=files)
+            return await self._post_in_channel(
+                job, content=content, embed=embed, files=files, view=view
+            )
 
     async def _edit(
         self,
@@ -201,8 +247,9 @@ class DiscordJobEvents:
         content: str | None = None,
         embed: discord.Embed | None = None,
         files: Files = (),
+        view: discord.ui.View | None,
     ) -> Delivery:
-        fields: dict[str, Any] = {"content": content, "embed": embed}
+        fields: dict[str, Any] = {"content": content, "embed": embed, "view": view}
         if files:
             fields["attachments"] = _discord_files(files)
         message: discord.Message
@@ -228,6 +275,7 @@ class DiscordJobEvents:
         content: str | None,
         embed: discord.Embed | None,
         files: Files,
+        view: discord.ui.View | None,
     ) -> Delivery:
         channel = self._bot.get_partial_messageable(job.channel_id)
         mention = f"<@{job.user_id}> "
@@ -239,6 +287,7 @@ class DiscordJobEvents:
                 files=_discord_files(files),
                 allowed_mentions=discord.AllowedMentions(users=[discord.Object(job.user_id)]),
                 nonce=delivery_nonce(job),
+                view=view or discord.utils.MISSING,
             )
         except discord.HTTPException as exc:
             if exc.status == 413:
@@ -270,7 +319,7 @@ class DiscordJobEvents:
 
     @staticmethod
     def _token_expired(job: Job) -> bool:
-        return datetime.now(UTC) >= job.token_expires_at - TOKEN_MARGIN
+        return utc_now() >= job.token_expires_at - TOKEN_MARGIN
 
     def _lock(self, job_id: int) -> asyncio.Lock:
         return self._locks.setdefault(job_id, asyncio.Lock())
@@ -315,6 +364,57 @@ async def _unusable_audio_fails(work: Awaitable[T]) -> T:
             "to post; please try again.",
             f"output audio rejected: {exc}",
         ) from exc
+
+
+@dataclass(frozen=True)
+class ExtensionPlan:
+    """What an Extend job recorded at the click: where the original can be read again, how
+    many seconds of its end the model was given, and how long it was."""
+
+    source_url: str
+    context_seconds: float
+    original_seconds: float
+
+    @classmethod
+    def from_job(cls, job: Job) -> ExtensionPlan | None:
+        if job.action != "extend" or not job.extend_json:
+            return None
+        plan = json.loads(job.extend_json)
+        return cls(
+            str(plan["source_url"]),
+            float(plan["context_seconds"]),
+            float(plan["original_seconds"]),
+        )
+
+
+async def _download(url: str) -> bytes | None:
+    """A delivered track, read again from Discord's CDN (signed links last about a day)."""
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=DOWNLOAD_TIMEOUT) as session,
+            session.get(url) as response,
+        ):
+            if response.status != 200:
+                log.info("original track answered %d", response.status)
+                return None
+            data = bytearray()
+            async for chunk in response.content.iter_chunked(65536):
+                data += chunk
+                if len(data) > MAX_ORIGINAL_BYTES:
+                    return None
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        log.info("original track unreadable: %s", type(exc).__name__)
+        return None
+    return bytes(data) if data else None
+
+
+def _lineage(job: Job) -> str | None:
+    parent = job.parent_job_id
+    return {
+        "regenerate": f"Regenerated from #{parent}",
+        "variation": f"A variation of #{parent}",
+        "extend": f"Extended from #{parent}",
+    }.get(job.action)
 
 
 def _discord_files(files: Files) -> list[discord.File]:

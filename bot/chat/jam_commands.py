@@ -31,7 +31,7 @@ class JamCommands(app_commands.Group):
     @app_commands.command(name="history", description="Your last 10 tracks")
     async def history(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-        jobs = await self.bot.store.recent_for_user(interaction.user.id, limit=10)
+        jobs = await self.bot.services.store.recent_for_user(interaction.user.id, limit=10)
         if not jobs:
             await interaction.followup.send("You haven't made any tracks yet: try `/music`.")
             return
@@ -40,7 +40,7 @@ class JamCommands(app_commands.Group):
 
     @app_commands.command(name="queue", description="What's waiting, and your place in line")
     async def queue(self, interaction: discord.Interaction) -> None:
-        scheduler = self.bot.scheduler
+        scheduler = self.bot.services.scheduler
         waiting = scheduler.waiting()
         mine = [
             f"`#{job.id}` is **{render.ordinal(place)}** in line"
@@ -54,7 +54,7 @@ class JamCommands(app_commands.Group):
     @app_commands.command(name="quota", description="How many tracks you have left today")
     async def quota(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-        used, quota, reset_at = await self.bot.limits.remaining_today(interaction.user.id)
+        used, quota, reset_at = await self.bot.services.limits.remaining_today(interaction.user.id)
         if quota == 0:
             text = f"No daily limit here. You've made {used} track(s) today."
         else:
@@ -69,11 +69,11 @@ class JamCommands(app_commands.Group):
     @app_commands.describe(job="The job number, as shown by /jam queue or /jam history")
     async def cancel(self, interaction: discord.Interaction, job: int) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-        found = await self.bot.store.get(job)
+        found = await self.bot.services.store.get(job)
         if found is None or found.user_id != interaction.user.id:
             await interaction.followup.send(f"You have no job #{job}.")
             return
-        outcome = await self.bot.scheduler.cancel(job)
+        outcome = await self.bot.services.scheduler.cancel(job)
         await interaction.followup.send(CANCEL_ANSWERS[outcome].format(job=job))
 
 

@@ -5,6 +5,7 @@ and the duration range comes from settings at run time.)
 """
 
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import discord
@@ -12,7 +13,7 @@ from discord import app_commands
 
 from bot.jobs.limits import Refusal
 from bot.jobs.store import NewJob
-from bot.music.audio import AudioError
+from bot.music.audio import AudioError, AudioInfo
 from bot.music.errors import InvalidRequestError
 from bot.music.isolation import probe_untrusted
 from bot.music.request import (
@@ -77,17 +78,16 @@ def build_music_command(bot: "JamBot") -> app_commands.Command[Any, Any, None]:
         options: dict[str, Any] = {
             "prompt": prompt,
             "duration": duration,
-            "model_version": model,
+            "model": model,
             "temperature": temperature,
             "top_k": top_k,
             "top_p": top_p,
-            "classifier_free_guidance": guidance,
+            "guidance": guidance,
             "output_format": output_format,
-            "normalization_strategy": normalization,
+            "normalization": normalization,
+            "seed": seed,
             "continuation": continuation,
         }
-        if seed is not None:
-            options["seed"] = seed
         placeholder = answer.message_id if answer is not None else None
         await submit_music(bot, interaction, options, audio, placeholder)
 
@@ -101,25 +101,65 @@ async def submit_music(
     audio: discord.Attachment | None,
     placeholder_id: int | None,
 ) -> None:
-    """Validate, check limits, enqueue; every refusal is one sentence and costs nothing."""
+    """Validate, check limits, enqueue; every refusal is one sentence and costs nothing.
+
+    `options` are `MusicRequest.from_options`' keyword arguments, the attachment aside.
+    """
     try:
-        if audio is not None:
-            options["input_audio"] = await _checked_audio_url(audio)
-        request = MusicRequest.parse(options, max_duration=bot.settings.max_duration_seconds)
+        clip = await _checked_audio(audio) if audio is not None else None
+        request = MusicRequest.from_options(
+            **options,
+            input_audio=clip[0] if clip else None,
+            max_duration=bot.settings.max_duration_seconds,
+        )
+        if clip is not None:
+            _check_clip_length(request, clip[1])
     except InvalidRequestError as exc:
         log.info("rejected /music from user %d: %s", interaction.user.id, exc.user_message)
         await interaction.edit_original_response(content=f"⚠️ {exc.user_message}")
         return
-    result = await bot.scheduler.submit(_new_job(interaction, request, placeholder_id))
+    await submit_request(bot, interaction, request, placeholder_id)
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """A job made from another job's track by one of its buttons."""
+
+    action: str  # regenerate | variation | extend
+    parent_job_id: int
+    extend_json: str | None = None
+
+
+async def submit_request(
+    bot: "JamBot",
+    interaction: discord.Interaction,
+    request: MusicRequest,
+    placeholder_id: int | None,
+    follow_up: FollowUp | None = None,
+) -> None:
+    """Check the user's limits and enqueue a validated request, from /music or a button."""
+    new_job = _new_job(interaction, request, placeholder_id, follow_up)
+    result = await bot.services.scheduler.submit(new_job)
     if isinstance(result, Refusal):
         await _refuse(interaction, result)
         return
     bot.events.attach(result.id, interaction)
 
 
-async def _checked_audio_url(audio: discord.Attachment) -> str:
-    """The attachment's URL, once its bytes have been read and decode as audio: a text file
-    named .wav would otherwise be sent to Replicate and paid for."""
+def _check_clip_length(request: MusicRequest, clip: AudioInfo) -> None:
+    """A continuation adds to its clip within `duration`: a clip as long leaves nothing to make
+    (the model would be paid to hand the clip back)."""
+    if request.continuation and clip.duration_seconds >= request.duration:
+        raise InvalidRequestError(
+            f"audio is {clip.duration_seconds:.0f}s long, longer than the track you asked for "
+            f"({request.duration}s): a continuation is the clip plus new music, so ask for a "
+            "longer duration or a shorter clip."
+        )
+
+
+async def _checked_audio(audio: discord.Attachment) -> tuple[str, AudioInfo]:
+    """The attachment's URL and what it holds, once its bytes have been read and decode as
+    audio: a text file named .wav would otherwise be sent to Replicate and paid for."""
     content_type = (audio.content_type or "").split(";")[0]
     if not content_type.startswith("audio/") and not audio.filename.lower().endswith(
         AUDIO_EXTENSIONS
@@ -139,13 +179,23 @@ async def _checked_audio_url(audio: discord.Attachment) -> str:
         log.info("attachment %s refused: %s", audio.id, exc)
         raise InvalidRequestError(NOT_AUDIO) from exc
     log.debug("attachment %s: %s", audio.id, info.describe())
-    return audio.url
+    return audio.url, info
 
 
 def _new_job(
-    interaction: discord.Interaction, request: MusicRequest, placeholder_id: int | None
+    interaction: discord.Interaction,
+    request: MusicRequest,
+    placeholder_id: int | None,
+    follow_up: FollowUp | None,
 ) -> NewJob:
     assert interaction.channel_id is not None
+    lineage: dict[str, Any] = {}
+    if follow_up is not None:
+        lineage = {
+            "action": follow_up.action,
+            "parent_job_id": follow_up.parent_job_id,
+            "extend_json": follow_up.extend_json,
+        }
     return NewJob(
         guild_id=interaction.guild_id,
         channel_id=interaction.channel_id,
@@ -156,6 +206,7 @@ def _new_job(
         token_expires_at=interaction.expires_at,
         request_json=request.model_dump_json(),
         message_id=placeholder_id,
+        **lineage,
     )
 
 

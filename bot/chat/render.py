@@ -6,7 +6,6 @@ from datetime import datetime
 
 import discord
 
-from bot.jobs.scheduler import load_request
 from bot.jobs.store import Job
 from bot.music.backend import Progress, Track
 from bot.music.request import MusicRequest
@@ -60,12 +59,23 @@ def failure_text(user_message: str) -> str:
     return clip(f"⚠️ {user_message}", CONTENT_LIMIT)
 
 
-def track_embed(request: MusicRequest, track: Track, note: str | None = None) -> discord.Embed:
+def track_embed(
+    request: MusicRequest,
+    track: Track,
+    note: str | None = None,
+    *,
+    seconds: float | None = None,
+    lineage: str | None = None,
+) -> discord.Embed:
+    """The card under a track. `seconds` is the file's length when it isn't the requested
+    duration (an extended track); `lineage` says which track a button made it from."""
     embed = discord.Embed(
         title=clip(escape(request.prompt), TITLE_LIMIT),
+        description=lineage,
         colour=ACCENT,
     )
-    embed.add_field(name="Duration", value=f"{request.duration}s")
+    length = request.duration if seconds is None else seconds
+    embed.add_field(name="Duration", value=f"{length:.0f}s")
     embed.add_field(name="Model", value=request.model_version.value)
     embed.add_field(name="Seed", value=str(track.seed) if track.seed is not None else "random")
     embed.add_field(name="Format", value=note or track.format.upper())
@@ -97,7 +107,7 @@ def history_line(job: Job, link: str | None) -> str:
 
 def _prompt_of(job: Job) -> str:
     try:
-        return load_request(job).prompt
+        return MusicRequest.from_stored(job.request_json).prompt
     except ValueError:
         return "?"
 

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol
 
+from bot.clock import utc_now
+
 log = logging.getLogger(__name__)
 
-RefusalReason = Literal["cooldown", "quota", "queue", "storage"]
+RefusalReason = Literal["cooldown", "quota", "queue", "storage", "duplicate"]
 
 
 class SubmissionHistory(Protocol):
@@ -38,10 +40,6 @@ class Refusal:
     reason: RefusalReason
     retry_at: datetime | None
     message: str
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def format_duration(duration: timedelta) -> str:
@@ -76,7 +74,7 @@ class Limits:
         cooldown_seconds: float,
         daily_quota: int,
         max_queued_per_user: int,
-        now: Callable[[], datetime] = _utc_now,
+        now: Callable[[], datetime] = utc_now,
     ) -> None:
         if cooldown_seconds < 0 or daily_quota < 0 or max_queued_per_user < 0:
             raise ValueError("limits must not be negative (0 disables a limit)")

@@ -30,7 +30,7 @@ from bot.jobs.queue import FairQueue
 from bot.jobs.store import Job, JobStore, NewJob, StoreError
 from bot.music.backend import MusicBackend, Progress, Track
 from bot.music.errors import GenerationError, OutputError, TransientPredictionError
-from bot.music.request import ABSOLUTE_MAX_DURATION, MusicRequest
+from bot.music.request import MusicRequest
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +111,6 @@ class _JobCancelled(Exception):
     """The job was cancelled between its prediction's create and the commit of its id."""
 
 
-def load_request(job: Job) -> MusicRequest:
-    """The job's request, as validated when it was accepted (later cap changes don't apply)."""
-    return MusicRequest.model_validate_json(
-        job.request_json, context={"max_duration": ABSOLUTE_MAX_DURATION}
-    )
-
-
 class Scheduler:
     def __init__(
         self,
@@ -192,7 +185,9 @@ class Scheduler:
             return Refusal("queue", None, "The bot is restarting; please try again in a minute.")
         try:
             async with self._user_lock(new_job.user_id):  # check-then-add, one at a time
-                refusal = await self._limits.check(new_job.user_id)
+                refusal = await self._duplicate(new_job) or await self._limits.check(
+                    new_job.user_id
+                )
                 if refusal is not None:
                     return refusal
                 job = await self._store.add(new_job)
@@ -206,6 +201,15 @@ class Scheduler:
         self._wakeup.set()
         self._update_positions_soon()
         return job
+
+    async def _duplicate(self, new_job: NewJob) -> Refusal | None:
+        """A second click of one button while the first one's job is still on its way."""
+        parent = new_job.parent_job_id
+        if parent is None:
+            return None
+        if not await self._store.has_active_follow_up(new_job.user_id, parent, new_job.action):
+            return None
+        return Refusal("duplicate", None, "That track is already on its way: one click is enough.")
 
     def position(self, job_id: int) -> int | None:
         return self._queue.positions().get(job_id)
@@ -255,6 +259,7 @@ class Scheduler:
             task.cancel()
         elif before.prediction_id is not None:
             await self._backend.cancel(before.prediction_id)
+        log.info("job %d: cancelled", job_id)
         self._spawn(self._events.on_cancelled(before))
         return CancelOutcome.CANCELLED
 
@@ -277,7 +282,8 @@ class Scheduler:
             await self._fail(job, CrashLoopFailure(job.unfinished_runs))
             return
         if job.prediction_id is None:  # it crashed before its prediction was made
-            await self._persist("requeue job", lambda: self._store.requeue(job.id))
+            if await self._persist("requeue job", lambda: self._store.requeue(job.id)):
+                log.info("job %d: queued again (it stopped before its prediction was made)", job.id)
             return
         resumed = await self._persist("resume job", lambda: self._store.resume(job.id))
         if resumed is not None:
@@ -359,6 +365,7 @@ class Scheduler:
             self._waiting.pop(job_id, None)
             self._shown_positions.pop(job_id, None)
             if job is not None:
+                log.info("job %d: started (attempt %d)", job.id, job.attempts)
                 self._launch(job, resumed=False)
             moved = True
         if moved:
@@ -421,7 +428,7 @@ class Scheduler:
             await self._fail(job, InternalFailure(detail=f"{type(exc).__name__}: {exc}"))
 
     async def _generate(self, job: Job, prediction: list[str]) -> Track:
-        request = load_request(job)
+        request = MusicRequest.from_stored(job.request_json)
 
         async def progress(event: Progress) -> None:
             # in the background: a slow chat edit must never delay polling or the download
@@ -454,16 +461,20 @@ class Scheduler:
             await self._backend.cancel(prediction_id)
             raise
         if not recorded:
+            log.info("job %d: cancelled before prediction %s was recorded", job.id, prediction_id)
             raise _JobCancelled
+        log.info("job %d: prediction %s", job.id, prediction_id)
 
     async def _fail(self, job: Job, error: GenerationError) -> None:
-        log.info("job %d: failed: %s", job.id, error.detail)
         changed = await self._persist(
             "record failure",
             lambda: self._store.fail(job.id, error=error.user_message, detail=error.detail),
         )
-        if changed:
-            await _logged(self._events.on_failed(job, error))
+        if not changed:
+            log.debug("job %d: had already ended; failure not recorded: %s", job.id, error.detail)
+            return
+        log.info("job %d: failed: %s", job.id, error.detail)
+        await _logged(self._events.on_failed(job, error))
 
     async def _deliver(self, job: Job, track: Track, *, resumed: bool) -> None:
         cost = (track.predict_time or 0.0) * self._cost_per_second

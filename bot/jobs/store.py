@@ -16,9 +16,11 @@ Guarantees:
   so a job reaches exactly one terminal status even when the delivery, a failure and a user's
   cancel race each other, in this process or in another one sharing the file. The method
   returns whether its transition happened.
-* Timestamps are stored as fixed-width ISO-8601 UTC text (see ``bot.jobs.migrate``): readable
+* Timestamps are stored as fixed-width ISO-8601 UTC text (see ``bot.clock``): readable
   in the ``sqlite3`` shell, ordered as plain strings, and cast directly to ``TIMESTAMPTZ`` by
   Postgres. In Python every datetime is timezone-aware UTC; naive ones are refused.
+* A job's life is logged once, at INFO, by the scheduler that drives it; the transitions
+  here are logged at DEBUG only, so each event is one line in an ordinary log.
 * The interaction token is never logged and never shown in ``repr``; aiosqlite's own debug
   records, which repeat each query's parameters, are dropped for the same reason. A job's token
   is erased when the job ends, and the database files are created readable by their owner only.
@@ -44,14 +46,15 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self, cast, get_args
 
 import aiosqlite
 
-from bot.jobs.migrate import format_timestamp, migrate, parse_timestamp
+from bot.clock import format_timestamp, parse_timestamp, utc_now
+from bot.jobs.migrate import migrate
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +129,6 @@ class JobNotFound(LookupError):
         self.job_id = job_id
 
 
-def utc_now() -> datetime:
-    """The current time, timezone-aware UTC (the default clock)."""
-    return datetime.now(UTC)
-
-
 @dataclass(frozen=True)
 class Job:
     """One job as stored. ``token`` is left out of ``repr`` so it never reaches a log."""
@@ -162,6 +160,9 @@ class Job:
     delivered_at: datetime | None
     unfinished_runs: int = 0
     delivering_at: datetime | None = None
+    action: str = "music"
+    parent_job_id: int | None = None
+    extend_json: str | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -202,6 +203,9 @@ class Job:
             delivered_at=_optional_time(row["delivered_at"]),
             unfinished_runs=row["unfinished_runs"],
             delivering_at=_optional_time(row["delivering_at"]),
+            action=row["action"],
+            parent_job_id=row["parent_job_id"],
+            extend_json=row["extend_json"],
         )
 
 
@@ -222,6 +226,9 @@ class NewJob:
     token_expires_at: datetime
     request_json: str
     message_id: int | None = None
+    action: str = "music"
+    parent_job_id: int | None = None
+    extend_json: str | None = None
 
     def __post_init__(self) -> None:
         if self.token_expires_at.tzinfo is None or self.token_expires_at.utcoffset() is None:
@@ -327,8 +334,8 @@ class JobStore:
             async with db.execute(
                 "INSERT INTO jobs (created_at, updated_at, guild_id, channel_id, user_id,"
                 " interaction_id, application_id, token, token_expires_at, message_id,"
-                " request_json, status, attempts)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0)",
+                " request_json, status, attempts, action, parent_job_id, extend_json)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?)",
                 (
                     now,
                     now,
@@ -341,6 +348,9 @@ class JobStore:
                     format_timestamp(job.token_expires_at),
                     job.message_id,
                     job.request_json,
+                    job.action,
+                    job.parent_job_id,
+                    job.extend_json,
                 ),
             ) as cursor:
                 job_id = cursor.lastrowid
@@ -349,7 +359,7 @@ class JobStore:
             stored = await self._select(db, job_id)
         if stored is None:
             raise RuntimeError(f"job {job_id} vanished right after it was added")
-        log.info("Job %d queued for user %d", stored.id, stored.user_id)
+        log.debug("Job %d queued for user %d", stored.id, stored.user_id)
         return stored
 
     async def get(self, job_id: int) -> Job | None:
@@ -399,6 +409,16 @@ class JobStore:
         rows = await self._read("SELECT MAX(created_at) FROM jobs WHERE user_id = ?", (user_id,))
         return _optional_time(rows[0][0])
 
+    async def has_active_follow_up(self, user_id: int, parent_job_id: int, action: str) -> bool:
+        """Whether the user already has a queued or running `action` job made from this parent
+        (a second click of the same button then makes nothing)."""
+        rows = await self._read(
+            "SELECT 1 FROM jobs WHERE user_id = ? AND parent_job_id = ? AND action = ?"
+            f" AND status IN {_ACTIVE_SQL} LIMIT 1",
+            (user_id, parent_job_id, action),
+        )
+        return bool(rows)
+
     async def active_count_for_user(self, user_id: int) -> int:
         """How many of the user's jobs are queued or running."""
         rows = await self._read(
@@ -433,9 +453,9 @@ class JobStore:
                 (prediction_id, self._timestamp(), job_id, "running"),
             )
         if changed:
-            log.info("Job %d: prediction %s", job_id, prediction_id)
+            log.debug("Job %d: prediction %s", job_id, prediction_id)
         else:
-            log.warning("Job %d is not running; prediction %s not recorded", job_id, prediction_id)
+            log.debug("Job %d is not running; prediction %s not recorded", job_id, prediction_id)
         return changed
 
     async def record_result(
@@ -479,7 +499,7 @@ class JobStore:
             )
             job = await self._select(db, job_id) if changed else None
         if job is not None:
-            log.info("Job %d started (attempt %d)", job.id, job.attempts)
+            log.debug("Job %d started (attempt %d)", job.id, job.attempts)
         return job
 
     async def resume(self, job_id: int) -> Job | None:
@@ -657,7 +677,7 @@ class JobStore:
     @staticmethod
     def _log_transition(job_id: int, outcome: str, changed: bool) -> None:
         if changed:
-            log.info("Job %d %s", job_id, outcome)
+            log.debug("Job %d %s", job_id, outcome)
         else:
             log.debug("Job %d not %s: it was not in a status that allows it", job_id, outcome)
 

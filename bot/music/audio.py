@@ -18,6 +18,10 @@ Encoding a five-minute track takes seconds per rung (MP3 most of all), so rungs 
 they are encoded: constant-bitrate MP3 exactly from bitrate and duration, variable-rate codecs by
 encoding a few short excerpts spread over the track and scaling up. A rung whose estimate is
 clearly over the limit is skipped without ever encoding the whole track.
+
+Continuing a track takes two more steps: `tail_clip` cuts its last whole seconds as the prompt
+MusicGen continues from, and `stitch` joins the model's output to the track, dropping the output's
+own rendition of that prompt and crossfading at the join.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import io
 import logging
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +46,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "AudioError",
     "AudioInfo",
+    "Clip",
     "ExpectedAudio",
     "FittedAudio",
     "UnexpectedAudioError",
@@ -48,6 +54,8 @@ __all__ = [
     "fit_to_limit",
     "probe",
     "probe_clip",
+    "stitch",
+    "tail_clip",
     "waveform_png",
 ]
 
@@ -96,7 +104,7 @@ class FittedAudio:
     data: bytes = field(repr=False)
     extension: str  # wav | flac | ogg | mp3 (or the original's extension when untouched)
     description: str  # for people: "WAV", "FLAC", "Ogg Vorbis ~128 kbit/s", "MP3 96 kbit/s"
-    transcoded: bool  # False when `data` is the original bytes, untouched
+    transcoded: bool  # False when `data` is the original encoding (perhaps with tags added)
 
 
 # libsndfile's major format -> the file extension it is usually saved under.
@@ -376,6 +384,170 @@ def waveform_png(data: bytes, width: int = 800, height: int = 160) -> bytes:
     pixels[mask] = (*WAVEFORM_COLOUR, 255)
     out = io.BytesIO()
     Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+# --- continuation --------------------------------------------------------------------------
+
+# The join between a track and its continuation is crossfaded over this long: enough to hide
+# the switch from the original to the model's rendition of it, too short to smear a beat.
+CROSSFADE_SECONDS = 0.1
+# Frames decoded at a time while looking for a track's end.
+_TAIL_BLOCK_FRAMES = 65536
+
+
+@dataclass(frozen=True)
+class Clip:
+    """The end of a track, cut for MusicGen's `input_audio` when continuing it."""
+
+    wav: bytes = field(repr=False)  # 16-bit PCM WAV, which MusicGen reads
+    clip_seconds: float
+    total_seconds: float  # the whole track, as decoded (not as its header claims)
+    samplerate: int
+    channels: int
+
+
+def tail_clip(data: bytes, max_seconds: float) -> Clip:
+    """The last whole seconds of `data`, at most `max_seconds` of them, as 16-bit PCM WAV.
+
+    MusicGen counts its prompt in seconds, so the cut lies a whole number of seconds before
+    the end (the whole track when that is under a second). Decoding goes a block at a time,
+    keeping only the tail, so a header that overstates the length costs time, not memory.
+    Raises ValueError when `max_seconds` < 1, AudioError when `data` isn't decodable audio
+    (UnexpectedAudioError when it is implausible).
+    """
+    if max_seconds < 1:
+        raise ValueError(f"a continuation prompt needs at least a second, not {max_seconds}")
+    info, subtype = _probe(data)
+    check_plausible(info)
+    rate = info.samplerate
+    tail, total = _decoded_tail(data, subtype, int(max_seconds) * rate)
+    if total >= rate:  # whole seconds: trims only a track shorter than the clip
+        tail = tail[len(tail) % rate :]
+    return Clip(
+        wav=_wav16(tail, rate),
+        clip_seconds=len(tail) / rate,
+        total_seconds=total / rate,
+        samplerate=rate,
+        channels=tail.shape[1],
+    )
+
+
+def stitch(
+    original: bytes, output: bytes, context_seconds: float, expected: ExpectedAudio
+) -> bytes:
+    """`original` in full, then `output` past its first `context_seconds`, as 16-bit PCM WAV.
+
+    A continuation's output opens with the model's own rendition of its prompt (the end of
+    `original`), so that part is dropped; the last `CROSSFADE_SECONDS` of the original fade into
+    the rendition's so the join doesn't click. The result keeps the original's rate and
+    channels: an output that differs is converted (`_conformed`). `output` is checked against
+    `expected` before anything is decoded. Raises UnexpectedAudioError for an output that isn't
+    what was asked (or an implausible original), AudioError when either isn't decodable audio,
+    when the output holds nothing past the context, or when its channels can't be converted.
+    """
+    output_info, output_subtype = _probe(output)
+    expected.check(output_info)
+    info, subtype = _probe(original)
+    check_plausible(info)
+    rate = info.samplerate
+    head = _pcm16(original, subtype)
+    tail = _conformed(_pcm16(output, output_subtype), output_info.samplerate, rate, info.channels)
+    cut = round(context_seconds * rate)
+    if cut >= len(tail):
+        raise AudioError(f"the continuation ends within its {context_seconds:g} s prompt")
+    fade = min(round(CROSSFADE_SECONDS * rate), len(head), cut)
+    joint = _crossfade(head[len(head) - fade :], tail[cut - fade : cut])
+    return _wav16(np.concatenate([head[: len(head) - fade], joint, tail[cut:]]), rate)
+
+
+def _decoded_tail(data: bytes, subtype: str, frames: int) -> tuple[NDArray[np.int16], int]:
+    """The last `frames` frames of `data` as 16-bit samples, and how many frames it holds."""
+    kept: deque[NDArray[np.int16]] = deque()
+    held = total = 0
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as source:
+            while len(block := source.read(_TAIL_BLOCK_FRAMES, _dtype(subtype), always_2d=True)):
+                kept.append(_to_int16(block))
+                held, total = held + len(block), total + len(block)
+                while held - len(kept[0]) >= frames:
+                    held -= len(kept.popleft())
+    except _SOUNDFILE_ERRORS as exc:
+        raise AudioError(f"audio doesn't decode ({len(data)} bytes): {_reason(exc)}") from exc
+    if total == 0:
+        raise AudioError(f"audio decodes to no frames ({len(data)} bytes)")
+    tail = np.concatenate(kept)
+    return tail[max(0, len(tail) - frames) :], total
+
+
+def _pcm16(data: bytes, subtype: str) -> NDArray[np.int16]:
+    """All of `data` as 16-bit samples (frames x channels): 16-bit PCM exactly as stored."""
+    return _to_int16(_read(data, _dtype(subtype)))
+
+
+def _dtype(subtype: str) -> str:
+    """What to read a source as on the way to 16 bits: libsndfile rounds floats to integers
+    without clipping, so float and lossy sources are read as float and clipped here."""
+    return "float32" if subtype in _FLOATING or subtype in _LOSSY else "int16"
+
+
+def _to_int16(samples: NDArray[Any]) -> NDArray[np.int16]:
+    if samples.dtype == np.int16:
+        result: NDArray[np.int16] = samples
+        return result
+    # libsndfile's own scale for float to 16-bit PCM, so a float source writes as it would.
+    return _rounded(np.clip(samples, -1.0, 1.0) * 32767)
+
+
+def _rounded(values: NDArray[Any]) -> NDArray[np.int16]:
+    """Samples in 16-bit units, as floats, rounded and clipped to 16 bits."""
+    result: NDArray[np.int16] = np.rint(np.clip(values, -32768, 32767)).astype(np.int16)
+    return result
+
+
+def _conformed(
+    samples: NDArray[np.int16], rate: int, to_rate: int, channels: int
+) -> NDArray[np.int16]:
+    """`samples` at `to_rate` with `channels` channels: mono is copied to every channel, many
+    are averaged to mono, and the rate is changed by linear interpolation, which is enough
+    here: MusicGen renders at 32 kHz, so nothing above 16 kHz is there to alias. Raises
+    AudioError for other channel changes (stereo to 4.0, say), which have no single meaning."""
+    have = samples.shape[1]
+    if have != channels and 1 not in (have, channels):
+        raise AudioError(f"can't join {have}-channel audio to {channels}-channel audio")
+    if have == 1 and channels > 1:
+        samples = np.repeat(samples, channels, axis=1)
+    elif channels == 1 and have > 1:
+        samples = _rounded(samples.mean(axis=1, keepdims=True))
+    if rate == to_rate:
+        return samples
+    times = np.arange(round(len(samples) * to_rate / rate)) * (rate / to_rate)
+    frames = np.arange(len(samples))
+    columns = [np.interp(times, frames, samples[:, c]) for c in range(samples.shape[1])]
+    return _rounded(np.stack(columns, axis=1))
+
+
+def _crossfade(leaving: NDArray[np.int16], arriving: NDArray[np.int16]) -> NDArray[np.int16]:
+    """An equal-power crossfade from `leaving` to `arriving`, corrected for how alike they are.
+
+    Equal power (cos/sin gains) keeps the loudness of unrelated signals steady, but swells
+    identical ones by 3 dB midway, and the model's rendition of its prompt is close to the
+    original. So the gains are divided by sqrt(1 + 2 r cos sin), with r the two sides'
+    correlation (0..1): plain equal power when they are unrelated, equal gain when alike.
+    """
+    a, b = leaving.astype(np.float64), arriving.astype(np.float64)
+    angle = (np.arange(len(a)) + 0.5) / max(len(a), 1) * (np.pi / 2)
+    fade_out, fade_in = np.cos(angle), np.sin(angle)
+    energy = float(np.sqrt(np.sum(a * a) * np.sum(b * b)))
+    rho = min(max(float(np.sum(a * b)) / energy, 0.0), 1.0) if energy > 0 else 0.0
+    norm = 1 / np.sqrt(1 + 2 * rho * fade_out * fade_in)
+    mixed = a * (fade_out * norm)[:, np.newaxis] + b * (fade_in * norm)[:, np.newaxis]
+    return _rounded(mixed)
+
+
+def _wav16(samples: NDArray[np.int16], samplerate: int) -> bytes:
+    out = io.BytesIO()
+    sf.write(out, samples, samplerate, format="WAV", subtype="PCM_16")
     return out.getvalue()
 
 

@@ -2,8 +2,9 @@
 
 Outputs come from a remote model and clips from users, and libsndfile's codecs are C code: a WAV
 header claiming 256 channels or 1 MHz segfaults libvorbis's encoder, and a few kilobytes of FLAC
-can claim ten minutes of 8-channel audio. So every probe, waveform and transcode of such bytes
-runs in a fresh child process, one per call, so that nothing a crash leaves behind is reused:
+can claim ten minutes of 8-channel audio. So every probe, waveform, transcode, tagging, cut and
+stitch of such bytes runs in a fresh child process, one per call, so that nothing a crash leaves
+behind is reused:
 
 * forked from a forkserver that has already imported this module (numpy, soundfile, Pillow), so
   a call costs a fork rather than an interpreter start;
@@ -32,6 +33,7 @@ import os
 import pickle
 import resource
 import signal
+import struct
 import threading
 import time
 import traceback
@@ -46,13 +48,17 @@ from typing import Any, TypeVar
 from bot.music.audio import (
     AudioError,
     AudioInfo,
+    Clip,
     ExpectedAudio,
     FittedAudio,
     fit_to_limit,
     probe,
     probe_clip,
+    stitch,
+    tail_clip,
     waveform_png,
 )
+from bot.music.tags import TrackTags, tag_audio, tag_room
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +67,12 @@ __all__ = [
     "AudioWorkerError",
     "ChildLimits",
     "PreparedTrack",
+    "continuation_clip",
     "fit_again",
     "prepare_track",
     "probe_untrusted",
     "run_isolated",
+    "stitch_extension",
     "warm_up",
 ]
 
@@ -105,17 +113,23 @@ class PreparedTrack:
 
 
 async def prepare_track(
-    data: bytes, expected: ExpectedAudio, limit_bytes: int, *, limits: ChildLimits = DEFAULT_LIMITS
+    data: bytes,
+    expected: ExpectedAudio,
+    limit_bytes: int,
+    *,
+    tags: TrackTags | None = None,
+    limits: ChildLimits = DEFAULT_LIMITS,
 ) -> PreparedTrack:
-    """Check a finished generation against the request, draw it and fit it, in one child call.
+    """Check a finished generation against the request, draw it, fit it and tag it, in one
+    child call.
 
     `limit_bytes` is what the track and its picture may take together: the track is fitted into
-    what the picture leaves. Raises UnexpectedAudioError when the header isn't what `expected`
-    says (nothing is decoded then), AudioWorkerError when the child fails, AudioError when the
-    bytes aren't audio.
+    what the picture leaves, tags included (see `_fit_tagged`). Raises UnexpectedAudioError
+    when the header isn't what `expected` says (nothing is decoded then), AudioWorkerError when
+    the child fails, AudioError when the bytes aren't audio.
     """
     started = time.perf_counter()
-    job = partial(_prepare, expected=expected, limit_bytes=limit_bytes)
+    job = partial(_prepare, expected=expected, limit_bytes=limit_bytes, tags=tags)
     prepared = await run_isolated(job, data, limits=limits)
     fitted = _with_original(prepared.fitted, data)
     log.info(
@@ -129,15 +143,20 @@ async def prepare_track(
 
 
 async def fit_again(
-    data: bytes, limit_bytes: int, *, limits: ChildLimits = DEFAULT_LIMITS
+    data: bytes,
+    limit_bytes: int,
+    *,
+    tags: TrackTags | None = None,
+    limits: ChildLimits = DEFAULT_LIMITS,
 ) -> FittedAudio | None:
-    """`fit_to_limit` in a child: for a retry under a smaller limit after an upload was refused.
+    """`fit_to_limit` (then `tag_audio`) in a child: for a retry under a smaller limit after an
+    upload was refused.
 
     Raises UnexpectedAudioError for implausible audio (before encoding), AudioWorkerError when
     the child fails, AudioError when the bytes aren't audio.
     """
-    fitted = await run_isolated(partial(_fit, limit_bytes=limit_bytes), data, limits=limits)
-    return _with_original(fitted, data)
+    job = partial(_fit_tagged, limit_bytes=limit_bytes, tags=tags)
+    return _with_original(await run_isolated(job, data, limits=limits), data)
 
 
 async def probe_untrusted(data: bytes, *, limits: ChildLimits = DEFAULT_LIMITS) -> AudioInfo:
@@ -148,6 +167,42 @@ async def probe_untrusted(data: bytes, *, limits: ChildLimits = DEFAULT_LIMITS) 
     implausible, AudioWorkerError when the child fails.
     """
     return await run_isolated(probe_clip, data, limits=limits)
+
+
+async def continuation_clip(
+    data: bytes, max_seconds: float, *, limits: ChildLimits = DEFAULT_LIMITS
+) -> Clip:
+    """The last whole seconds (at most `max_seconds`) of a delivered track, as 16-bit WAV for
+    MusicGen's `input_audio` (`audio.tail_clip`, in a child).
+
+    Raises ValueError when `max_seconds` < 1, AudioError when `data` isn't decodable audio,
+    UnexpectedAudioError when it is implausible, AudioWorkerError when the child fails.
+    """
+    if max_seconds < 1:
+        raise ValueError(f"a continuation prompt needs at least a second, not {max_seconds}")
+    return await run_isolated(partial(tail_clip, max_seconds=max_seconds), data, limits=limits)
+
+
+async def stitch_extension(
+    original: bytes,
+    output: bytes,
+    context_seconds: float,
+    expected: ExpectedAudio,
+    *,
+    limits: ChildLimits = DEFAULT_LIMITS,
+) -> bytes:
+    """The track `original` continued by `output`, a continuation that opens with its own
+    rendition of the `context_seconds` prompt, as 16-bit WAV (`audio.stitch`, in a child).
+
+    Raises ValueError when `context_seconds` < 0; UnexpectedAudioError when `output` isn't
+    what `expected` says (checked before decoding) or `original` is implausible; AudioError
+    when either isn't decodable audio or `output` ends within the context; AudioWorkerError
+    when the child fails.
+    """
+    if context_seconds < 0:
+        raise ValueError(f"the context can't be negative ({context_seconds} s)")
+    job = partial(_stitch, context_seconds=context_seconds, expected=expected)
+    return await run_isolated(job, _pack(original, output), limits=limits)
 
 
 async def warm_up(*, preload: Sequence[str] = ()) -> None:
@@ -185,32 +240,62 @@ async def run_isolated(
 # --- in the child --------------------------------------------------------------------------
 
 
-def _prepare(data: bytes, expected: ExpectedAudio, limit_bytes: int) -> PreparedTrack:
+def _prepare(
+    data: bytes, expected: ExpectedAudio, limit_bytes: int, tags: TrackTags | None
+) -> PreparedTrack:
     info = probe(data)
     expected.check(info)
     try:
         picture = waveform_png(data)
     except AudioError:  # a track that plays but doesn't draw still goes out, without a picture
         picture = b""
-    fitted = fit_to_limit(data, limit_bytes - len(picture))
-    return PreparedTrack(info=info, fitted=_without_original(fitted), waveform=picture)
+    fitted = _fit_tagged(data, limit_bytes - len(picture), tags)
+    return PreparedTrack(info=info, fitted=fitted, waveform=picture)
 
 
-def _fit(data: bytes, limit_bytes: int) -> FittedAudio | None:
-    return _without_original(fit_to_limit(data, limit_bytes))
+def _fit_tagged(data: bytes, limit_bytes: int, tags: TrackTags | None) -> FittedAudio | None:
+    """`fit_to_limit`, leaving room for the tags, then tagged. Should tagging still push the
+    file over `limit_bytes`, it goes untagged: it fits, and the audio matters more."""
+    if tags is None:
+        return _without_original(fit_to_limit(data, limit_bytes), data)
+    fitted = fit_to_limit(data, limit_bytes - tag_room(tags))
+    if fitted is None:
+        return None
+    tagged = tag_audio(fitted.data, fitted.extension, tags)
+    if len(tagged) <= limit_bytes:
+        fitted = replace(fitted, data=tagged)
+    return _without_original(fitted, data)
+
+
+def _stitch(data: bytes, context_seconds: float, expected: ExpectedAudio) -> bytes:
+    original, output = _unpack(data)
+    return stitch(original, output, context_seconds, expected)
 
 
 def _nothing(data: bytes) -> None:
     return None
 
 
-def _without_original(fitted: FittedAudio | None) -> FittedAudio | None:
-    """Untouched audio goes back empty: the parent has the bytes, no need to pipe them back."""
-    return replace(fitted, data=b"") if fitted is not None and not fitted.transcoded else fitted
+def _without_original(fitted: FittedAudio | None, data: bytes) -> FittedAudio | None:
+    """The very bytes the child was given go back empty: the parent has them, no need to pipe
+    them back. (Untouched audio that was tagged is new bytes, and goes back in full.)"""
+    if fitted is not None and not fitted.transcoded and fitted.data == data:
+        return replace(fitted, data=b"")
+    return fitted
 
 
 def _with_original(fitted: FittedAudio | None, data: bytes) -> FittedAudio | None:
-    return replace(fitted, data=data) if fitted is not None and not fitted.transcoded else fitted
+    return replace(fitted, data=data) if fitted is not None and not fitted.data else fitted
+
+
+def _pack(first: bytes, second: bytes) -> bytes:
+    """Two blobs as the one a child reads (after limiting itself): a length, then both."""
+    return struct.pack("<Q", len(first)) + first + second
+
+
+def _unpack(data: bytes) -> tuple[bytes, bytes]:
+    (length,) = struct.unpack_from("<Q", data)
+    return data[8 : 8 + length], data[8 + length :]
 
 
 @dataclass(frozen=True)

@@ -397,8 +397,12 @@ class FakeDiscord:
         created_at: datetime | None = None,
         attachment_size_limit: int | None = None,
         locale: str = "en-US",
+        permissions: str | None = None,
     ) -> FakeInteraction:
-        """Dispatch an INTERACTION_CREATE of type 3: a click on a component of a message."""
+        """Dispatch an INTERACTION_CREATE of type 3: a click on a component of a message.
+
+        `permissions` (a decimal bit set) replaces the member's default ones, e.g. "0" for a
+        member without Manage Messages."""
         message = self.messages.get(message_id)
         if message is None:
             raise KeyError(f"no message {message_id}")
@@ -416,6 +420,7 @@ class FakeDiscord:
             message.channel_id,
             locale,
             message=message,
+            permissions=permissions,
         )
 
     def _ready_payload(self, session: GatewaySession) -> dict[str, Any]:
@@ -434,6 +439,7 @@ class FakeDiscord:
         channel_id: int,
         locale: str,
         message: FakeMessage | None = None,
+        permissions: str | None = None,
     ) -> FakeInteraction:
         moment = created_at or datetime.now(UTC)
         uid = user_id if user_id is not None else self.user_id
@@ -452,6 +458,7 @@ class FakeDiscord:
             locale=locale,
             attachment_size_limit=limit,
             message=message.to_payload() if message is not None else None,
+            **({"permissions": permissions} if permissions is not None else {}),
         )
         interaction = FakeInteraction(
             id=interaction_id,

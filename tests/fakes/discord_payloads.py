@@ -213,8 +213,11 @@ class World:
         locale: str,
         attachment_size_limit: int,
         message: dict[str, Any] | None = None,
+        permissions: str = MEMBER_PERMISSIONS,
     ) -> dict[str, Any]:
-        """An INTERACTION_CREATE payload as Discord sends it for a guild text channel."""
+        """An INTERACTION_CREATE payload as Discord sends it for a guild text channel.
+
+        `permissions` are the member's (a bit set as a decimal string)."""
         owners = {"0": str(guild_id)} if guild_id is not None else {"1": user["id"]}
         channel = self.channel(channel_id, guild_id or self.guild_id)
         payload: dict[str, Any] = {
@@ -237,7 +240,7 @@ class World:
             payload["guild"] = {"id": str(guild_id), "locale": "en-US", "features": []}
             payload["guild_id"] = str(guild_id)
             payload["guild_locale"] = "en-US"
-            payload["member"] = self.member(user) | {"permissions": MEMBER_PERMISSIONS}
+            payload["member"] = self.member(user) | {"permissions": permissions}
         else:
             payload["user"] = user
         if message is not None:
