@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     max_job_crashes: int = Field(3, ge=1, le=20)
     retry_base_delay_seconds: float = Field(1.0, ge=0, le=60)
     log_level: str = Field("INFO", pattern=r"^(?i:debug|info|warning|error)$")
+    log_format: str = Field("text", pattern=r"^(?i:text|json)$")
+    guild_daily_budget_usd: float = Field(0.0, ge=0, le=100_000)
+    daily_budget_usd: float = Field(0.0, ge=0, le=1_000_000)
+    metrics_port: int = Field(0, ge=0, le=65_535)
+    metrics_host: str = Field("127.0.0.1", pattern=r"^[A-Za-z0-9.:\[\]-]{1,253}$")
 
     def require(self, *names: str) -> None:
         """Stop with a ConfigError naming the first of `names` that is unset or empty."""
@@ -84,6 +89,8 @@ _SHAPES = {
     "discord_gateway_url": "must be a ws:// or wss:// URL",
     "database_url": "must look like sqlite:///path/to/jambot.db",
     "log_level": "must be one of DEBUG, INFO, WARNING, ERROR",
+    "log_format": "must be text or json",
+    "metrics_host": "must be a host name or an IP address, such as 127.0.0.1",
 }
 
 

@@ -86,6 +86,9 @@ NUMBERS = {
     "GENERATION_TIMEOUT_SECONDS": "a number greater than 0 and at most 3600",
     "MAX_ATTEMPTS": "a whole number between 1 and 10",
     "MAX_JOB_CRASHES": "a whole number between 1 and 20",
+    "GUILD_DAILY_BUDGET_USD": "a number between 0 and 100000",
+    "DAILY_BUDGET_USD": "a number between 0 and 1000000",
+    "METRICS_PORT": "a whole number between 0 and 65535",
     "RETRY_BASE_DELAY_SECONDS": "a number between 0 and 60",
 }
 
@@ -127,6 +130,8 @@ TEXTS = {
     "DISCORD_GATEWAY_URL": "must be a ws:// or wss:// URL",
     "DATABASE_URL": "must look like sqlite:///path/to/jambot.db",
     "LOG_LEVEL": "must be one of DEBUG, INFO, WARNING, ERROR",
+    "LOG_FORMAT": "must be text or json",
+    "METRICS_HOST": "must be a host name or an IP address, such as 127.0.0.1",
 }
 
 
