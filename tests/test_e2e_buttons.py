@@ -213,6 +213,24 @@ async def test_extend_continues_the_track_and_delivers_a_longer_one_that_starts_
         assert final.json["embeds"][0]["description"] == f"Extended from #{job.id}"
 
 
+async def test_extending_a_long_track_uploads_its_end_and_grows_past_the_cap(
+    tmp_path: Path,
+) -> None:
+    async with harness(tmp_path, max_duration_seconds=30) as h:
+        original = await h.music(prompt="a long jam", duration=20, user_id=11)
+        _, message_id = await delivered(h, original)
+        job = await h.job_for(original)
+        clicked = await click(h.discord, f"jam:extend:{job.id}", message_id, user_id=11)
+        final, _ = await delivered(h, clicked)
+        create = h.replicate.creates[1].body["input"]
+        assert create["duration"] == 30  # 15 s of the original's end, then 15 s of new music
+        assert create["input_audio"].startswith(h.replicate.base_url + "/v1/files/")
+        assert len(h.replicate.uploads) == 1  # over 1 MB: through Replicate's file upload
+        sent = h.replicate.input_audio_bytes(h.replicate.creates[1].prediction_id)
+        assert audio_seconds(sent) == pytest.approx(15, abs=0.05)
+        assert audio_seconds(final.files[0][1]) == pytest.approx(35, abs=0.1)
+
+
 async def test_the_delivered_file_says_how_it_was_made(tmp_path: Path) -> None:
     async with harness(tmp_path) as h:
         final, _ = await delivered(h, await h.music(prompt="tagged", duration=1, seed=5))
