@@ -87,6 +87,7 @@ async def test_open_migrates_an_empty_file(store: JobStore, db_path: Path) -> No
         (2, "costs_and_delivery", "2025-03-14T20:48:00.123456Z"),
         (3, "supervision", "2025-03-14T20:48:00.123456Z"),
         (4, "follow_ups", "2025-03-14T20:48:00.123456Z"),
+        (5, "spend_and_guild_settings", "2025-03-14T20:48:00.123456Z"),
     ]
     columns = {row[1] for row in read_rows(db_path, "PRAGMA table_info(jobs)")}
     assert columns == {f.name for f in fields(Job)}
@@ -113,7 +114,7 @@ async def test_reopening_does_not_reapply(db_path: Path, clock: Clock) -> None:
 
     async with aiosqlite.connect(db_path, isolation_level=None) as db:
         assert await migrate(db) == []
-        assert await current_version(db) == 4
+        assert await current_version(db) == 5
 
 
 async def test_migrates_a_v1_database_that_holds_jobs(db_path: Path, clock: Clock) -> None:
@@ -159,7 +160,7 @@ async def test_migrates_a_v1_database_that_holds_jobs(db_path: Path, clock: Cloc
     assert (queued.token, delivered.token) == ("tok-1", "")  # tokens of ended jobs erased
     assert (queued.unfinished_runs, queued.delivering_at) == (0, None)
     versions = [row[0] for row in read_rows(db_path, "SELECT version FROM schema_version")]
-    assert versions == [1, 2, 3, 4]
+    assert versions == [1, 2, 3, 4, 5]
 
 
 async def test_a_failing_migration_is_rolled_back_whole(db_path: Path) -> None:
@@ -193,6 +194,7 @@ def test_packaged_migrations_are_numbered_from_one() -> None:
         (2, "costs_and_delivery"),
         (3, "supervision"),
         (4, "follow_ups"),
+        (5, "spend_and_guild_settings"),
     ]
 
 

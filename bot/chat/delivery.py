@@ -16,7 +16,7 @@ import io
 import json
 import logging
 from collections import deque
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -27,8 +27,9 @@ import discord
 from bot.chat import render
 from bot.chat.buttons import cancel_view, result_view
 from bot.clock import utc_now
+from bot.jobs.budget import WARN_AT, BudgetUse
 from bot.jobs.scheduler import Claim, Delivery, DeliveryError
-from bot.jobs.store import Job
+from bot.jobs.store import Job, StoreError
 from bot.music.audio import AudioError, ExpectedAudio
 from bot.music.backend import Progress, Track
 from bot.music.errors import GenerationError, OutputError
@@ -54,6 +55,7 @@ DOWNLOAD_TIMEOUT = aiohttp.ClientTimeout(total=60)
 RECENTLY_DONE = 4096
 
 Files = Sequence[tuple[str, bytes]]  # (filename, contents)
+BudgetReport = Callable[[int | None], Awaitable[list[BudgetUse]]]  # guild id → today's use
 
 
 class TokenDead(Exception):
@@ -63,8 +65,10 @@ class TokenDead(Exception):
 class DiscordJobEvents:
     """The scheduler's view of Discord: shows queue places and progress, delivers results."""
 
-    def __init__(self, bot: discord.Client) -> None:
+    def __init__(self, bot: discord.Client, *, budget_use: BudgetReport | None = None) -> None:
+        """`budget_use` tells the track card how full today's budgets are (None: never)."""
         self._bot = bot
+        self._budget_use = budget_use
         self._live: dict[int, discord.Interaction] = {}
         self._last_edit: dict[int, float] = {}  # job → when its last progress edit went out
         self._latest: dict[int, str] = {}  # job → progress text not shown yet
@@ -126,11 +130,18 @@ class DiscordJobEvents:
         )
         fitted, picture = prepared.fitted, prepared.waveform
         buttons = result_view(job.id)
+        budgets = await self._budget_notes(job)
         for _ in range(MAX_SHRINKS):
             if fitted is None:
                 break
             embed = render.track_embed(
-                request, track, fitted.description, seconds=expected.seconds, lineage=_lineage(job)
+                request,
+                track,
+                fitted.description,
+                seconds=expected.seconds,
+                lineage=_lineage(job),
+                cost=job.cost_estimate if job.cost_estimate is not None else job.expected_cost,
+                budgets=budgets,
             )
             files = [(track_filename(request.prompt, track.seed, fitted.extension), fitted.data)]
             if picture:
@@ -151,6 +162,18 @@ class DiscordJobEvents:
         if not await claim():
             return None
         return await self._final(job, content=render.too_large_text(track), view=buttons)
+
+    async def _budget_notes(self, job: Job) -> list[str]:
+        """A line for each budget this track has brought to WARN_AT or past it (this job's
+        cost is recorded by now, so it is counted)."""
+        if self._budget_use is None:
+            return []
+        try:
+            uses = await self._budget_use(job.guild_id)
+        except StoreError as exc:  # the card goes out without it
+            log.warning("job %d: today's budgets unknown: %s", job.id, exc.detail)
+            return []
+        return [render.budget_note(use) for use in uses if use.fraction >= WARN_AT]
 
     async def _audio_to_post(
         self, job: Job, track: Track, request: MusicRequest

@@ -54,7 +54,9 @@ class JamCommands(app_commands.Group):
     @app_commands.command(name="quota", description="How many tracks you have left today")
     async def quota(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-        used, quota, reset_at = await self.bot.services.limits.remaining_today(interaction.user.id)
+        services = self.bot.services
+        rules = await services.rules.rules_for(interaction.guild_id)
+        used, quota, reset_at = await services.limits.remaining_today(interaction.user.id, rules)
         if quota == 0:
             text = f"No daily limit here. You've made {used} track(s) today."
         else:

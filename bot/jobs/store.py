@@ -54,6 +54,7 @@ from typing import Any, Literal, Self, cast, get_args
 import aiosqlite
 
 from bot.clock import format_timestamp, parse_timestamp, utc_now
+from bot.jobs.guild_settings import GuildSettings
 from bot.jobs.migrate import migrate
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,15 @@ def _translate(exc: sqlite3.Error) -> StoreError:
     return StoreError(f"database error: {text}")
 
 
+@dataclass(frozen=True)
+class Activity:
+    """What happened in a server over some time: tracks, failures, dollars."""
+
+    tracks: int
+    failures: int
+    spend: float
+
+
 class JobNotFound(LookupError):
     """No job has the given id."""
 
@@ -163,6 +173,9 @@ class Job:
     action: str = "music"
     parent_job_id: int | None = None
     extend_json: str | None = None
+    expected_cost: float | None = None
+    model_version: str | None = None
+    duration_seconds: float | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -206,6 +219,9 @@ class Job:
             action=row["action"],
             parent_job_id=row["parent_job_id"],
             extend_json=row["extend_json"],
+            expected_cost=row["expected_cost"],
+            model_version=row["model_version"],
+            duration_seconds=row["duration_seconds"],
         )
 
 
@@ -214,7 +230,9 @@ class NewJob:
     """What the command handler knows when it accepts a /music command.
 
     ``request_json`` is the validated request serialized as JSON; the store keeps it as opaque
-    text. ``guild_id`` is None for a command sent in a DM.
+    text. ``guild_id`` is None for a command sent in a DM. ``expected_cost`` (dollars),
+    ``model_version`` and ``duration_seconds`` are filled in by the scheduler when it prices
+    the job: the daily budgets count a job with its expected cost until its real one is known.
     """
 
     guild_id: int | None
@@ -229,6 +247,9 @@ class NewJob:
     action: str = "music"
     parent_job_id: int | None = None
     extend_json: str | None = None
+    expected_cost: float | None = None
+    model_version: str | None = None
+    duration_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if self.token_expires_at.tzinfo is None or self.token_expires_at.utcoffset() is None:
@@ -334,8 +355,9 @@ class JobStore:
             async with db.execute(
                 "INSERT INTO jobs (created_at, updated_at, guild_id, channel_id, user_id,"
                 " interaction_id, application_id, token, token_expires_at, message_id,"
-                " request_json, status, attempts, action, parent_job_id, extend_json)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?)",
+                " request_json, status, attempts, action, parent_job_id, extend_json,"
+                " expected_cost, model_version, duration_seconds)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?, ?, ?)",
                 (
                     now,
                     now,
@@ -351,6 +373,9 @@ class JobStore:
                     job.action,
                     job.parent_job_id,
                     job.extend_json,
+                    job.expected_cost,
+                    job.model_version,
+                    job.duration_seconds,
                 ),
             ) as cursor:
                 job_id = cursor.lastrowid
@@ -390,17 +415,21 @@ class JobStore:
         )
         return [Job.from_row(row) for row in rows]
 
-    async def count_submitted_since(self, user_id: int, since: datetime) -> int:
-        """How many of the user's jobs created at or after `since` count against the quota.
+    async def count_submitted_since(
+        self, user_id: int, since: datetime, *, guild_id: int | None = None
+    ) -> int:
+        """How many of the user's jobs created at or after `since` count against the quota
+        (with `guild_id`, only those in that server; else all of them).
 
         Every accepted job counts, whatever became of it, except a job cancelled before it
         ever started: it never reached Replicate, so it cost nothing. (A job that started,
         even one requeued and then cancelled, counts.)
         """
+        in_guild = "" if guild_id is None else " AND guild_id = ?"
         rows = await self._read(
             "SELECT COUNT(*) FROM jobs WHERE user_id = ? AND created_at >= ?"
-            " AND NOT (status = 'cancelled' AND attempts = 0)",
-            (user_id, format_timestamp(since)),
+            f" AND NOT (status = 'cancelled' AND attempts = 0){in_guild}",
+            (user_id, format_timestamp(since), *([] if guild_id is None else [guild_id])),
         )
         return int(rows[0][0])
 
@@ -426,6 +455,84 @@ class JobStore:
             (user_id,),
         )
         return int(rows[0][0])
+
+    # -- spending, stats and server settings -----------------------------------------------
+
+    async def gpu_seconds_per_audio_second(self, model_version: str, *, last: int) -> float | None:
+        """GPU seconds each second of audio took, over the model's `last` jobs that reported a
+        predict time; None before there are any."""
+        rows = await self._read(
+            "SELECT SUM(predict_time), SUM(duration_seconds) FROM (SELECT predict_time,"
+            " duration_seconds FROM jobs WHERE model_version = ? AND predict_time IS NOT NULL"
+            " AND duration_seconds > 0 ORDER BY id DESC LIMIT ?) AS recent",
+            (model_version, last),
+        )
+        gpu, audio = rows[0]
+        return float(gpu) / float(audio) if gpu is not None and audio else None
+
+    async def committed_spend(self, since: datetime, *, guild_id: int | None = None) -> float:
+        """Dollars spent by jobs finished at or after `since` (their recorded cost) plus those
+        expected of the jobs queued or running (their cost once recorded, else the estimate).
+        With `guild_id`, only that server's jobs; else every job, DMs included."""
+        in_guild = "" if guild_id is None else " AND guild_id = ?"
+        rows = await self._read(
+            f"SELECT SUM(CASE WHEN status IN {_ACTIVE_SQL}"
+            " THEN COALESCE(cost_estimate, expected_cost, 0) ELSE COALESCE(cost_estimate, 0) END)"
+            f" FROM jobs WHERE (status IN {_ACTIVE_SQL} OR finished_at >= ?){in_guild}",
+            (format_timestamp(since), *([] if guild_id is None else [guild_id])),
+        )
+        return float(rows[0][0] or 0.0)
+
+    async def guild_activity(self, guild_id: int, since: datetime) -> Activity:
+        """Tracks delivered, jobs failed and dollars spent in a server since `since`."""
+        rows = await self._read(
+            "SELECT SUM(CASE WHEN status = 'delivered' THEN 1 ELSE 0 END),"
+            " SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END), SUM(COALESCE(cost_estimate, 0))"
+            " FROM jobs WHERE guild_id = ? AND finished_at >= ?",
+            (guild_id, format_timestamp(since)),
+        )
+        tracks, failures, spend = rows[0]
+        return Activity(int(tracks or 0), int(failures or 0), float(spend or 0.0))
+
+    async def delivery_seconds(self, guild_id: int, since: datetime) -> list[float]:
+        """Seconds from command to delivered track, for a server's tracks delivered since."""
+        rows = await self._read(
+            "SELECT created_at, delivered_at FROM jobs WHERE guild_id = ? AND finished_at >= ?"
+            " AND status = 'delivered' AND delivered_at IS NOT NULL",
+            (guild_id, format_timestamp(since)),
+        )
+        return [(parse_timestamp(row[1]) - parse_timestamp(row[0])).total_seconds() for row in rows]
+
+    async def top_members(
+        self, guild_id: int, since: datetime, limit: int
+    ) -> list[tuple[int, int]]:
+        """(user id, tracks delivered) of a server's most active members since `since`."""
+        rows = await self._read(
+            "SELECT user_id, COUNT(*) AS tracks FROM jobs WHERE guild_id = ? AND finished_at >= ?"
+            " AND status = 'delivered' GROUP BY user_id ORDER BY tracks DESC, user_id LIMIT ?",
+            (guild_id, format_timestamp(since), limit),
+        )
+        return [(int(row[0]), int(row[1])) for row in rows]
+
+    async def guild_settings(self, guild_id: int) -> GuildSettings | None:
+        """What the server changed with /jamadmin config, or None if nothing."""
+        rows = await self._read("SELECT * FROM guild_settings WHERE guild_id = ?", (guild_id,))
+        return GuildSettings.from_row(rows[0]) if rows else None
+
+    async def save_guild_settings(self, guild_id: int, settings: GuildSettings, *, by: int) -> None:
+        """Store the server's settings (all of them), recording who changed them."""
+        async with self._write() as db:
+            await db.execute(
+                "INSERT INTO guild_settings (guild_id, daily_budget_usd, daily_quota,"
+                " cooldown_seconds, max_duration, allowed_models, blocked_words, updated_at,"
+                " updated_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (guild_id) DO UPDATE"
+                " SET daily_budget_usd = excluded.daily_budget_usd,"
+                " daily_quota = excluded.daily_quota, cooldown_seconds = excluded.cooldown_seconds,"
+                " max_duration = excluded.max_duration, allowed_models = excluded.allowed_models,"
+                " blocked_words = excluded.blocked_words, updated_at = excluded.updated_at,"
+                " updated_by = excluded.updated_by",
+                (guild_id, *settings.columns(), self._timestamp(), by),
+            )
 
     # -- bookkeeping that does not change the status --------------------------------------
 
