@@ -1,4 +1,4 @@
-"""The `jambot` command: run the bot, sync its commands, or make a track in the terminal."""
+"""The `jambot` command: run the bot, sync its commands, check the set-up, or make a track."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ import asyncio
 import base64
 import logging
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from pydantic import ValidationError
+from dotenv import dotenv_values
+from pydantic import SecretStr, ValidationError
 
 from bot.logs import configure_logging
 from bot.music.backend import Progress, Track
@@ -30,6 +32,13 @@ AUDIO_MIME_TYPES = {
     "flac": "audio/flac",
     "ogg": "audio/ogg",
 }
+ENV_FILE = Path(".env")  # where Settings reads it: the working directory
+TOKEN_NOUNS = {"DISCORD_TOKEN": "your bot token", "REPLICATE_API_TOKEN": "your Replicate API token"}
+# What a token still left as a template reads like: `<your token>`, `your-token-here`, `xxx`.
+_PLACEHOLDER = re.compile(
+    r"^(?:<.*>|your[-_ ].*|.*[-_ ]here|x{3,}|\.{3}|changeme|change[-_ ]me|replace[-_ ]?me|todo)$",
+    re.IGNORECASE,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,8 +46,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
+        if args.command == "check":
+            from bot.ops.check import run_check  # discord.py and replicate: only when checking
+
+            return run_check()
         settings = load_settings()
         configure_logging(settings)
+        require(settings, *args.needs)
         result: int = args.handler(args, settings)
         return result
     except ConfigError as exc:
@@ -63,18 +77,50 @@ def load_settings(**overrides: object) -> Settings:
         raise ConfigError(describe_setting_error(exc.errors()[0])) from None
 
 
+def require(settings: Settings, *names: str) -> None:
+    """Stop with a ConfigError naming the first of `names` that still can't be used."""
+    for name in names:
+        if (reason := unusable_reason(settings, name)) is not None:
+            raise ConfigError(reason)
+
+
+def unusable_reason(settings: Settings, name: str, env_file: Path = ENV_FILE) -> str | None:
+    """Why the setting `name` can't be used yet, in the words a newcomer needs; None if it can.
+
+    "Copy .env.example" is the wrong advice to someone who already did and left a token empty
+    or as a template, so the sentence depends on where the value came from.
+    """
+    value = getattr(settings, name.lower())
+    text = value.get_secret_value() if isinstance(value, SecretStr) else str(value or "")
+    if text.strip() and not _PLACEHOLDER.match(text.strip()):
+        return None
+    state = "a placeholder" if text.strip() else "empty"
+    what = TOKEN_NOUNS.get(name, "its value")
+    if any(key.upper() == name for key in os.environ):
+        return f"{name} is {state} in the environment, which wins over .env: set it to {what}."
+    if not env_file.is_file():
+        return f"{name} is not set: copy .env.example to .env and fill it in."
+    if not any(key.upper() == name for key in dotenv_values(env_file)):
+        return f".env exists but has no {name} line: add {name}= with {what} (see .env.example)."
+    return f".env exists but {name} is still {state}: paste {what} there (see .env.example)."
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jambot", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="connect to Discord and serve /music")
-    run.set_defaults(handler=_run)
+    run.set_defaults(handler=_run, needs=("DISCORD_TOKEN", "REPLICATE_API_TOKEN"))
+
+    commands.add_parser(
+        "check", help="check the tokens, the model and the database; print the invite URL"
+    )
 
     sync = commands.add_parser("sync", help="register the slash commands with Discord")
     sync.add_argument(
         "--guild", type=int, help="register in one guild (instant) instead of globally"
     )
-    sync.set_defaults(handler=_sync)
+    sync.set_defaults(handler=_sync, needs=("DISCORD_TOKEN",))
 
     gen = commands.add_parser("generate", help="make one track in the terminal")
     gen.add_argument("prompt", help="what the music should sound like")
@@ -90,7 +136,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--audio", help="melody to follow or clip to continue: a file or a URL")
     gen.add_argument("--continuation", action="store_true", help="continue --audio")
     gen.add_argument("--out", type=Path, help="where to write the track (default: from prompt)")
-    gen.set_defaults(handler=_generate)
+    gen.set_defaults(handler=_generate, needs=("REPLICATE_API_TOKEN",))
     return parser
 
 
@@ -107,7 +153,6 @@ def _sync(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _generate(args: argparse.Namespace, settings: Settings) -> int:
-    settings.require("REPLICATE_API_TOKEN")
     try:
         request = _request(args, settings)
         _check_out(args.out)

@@ -8,19 +8,25 @@ for 15 minutes, so no log line may show one, at any level.
 The filter sits on the handler, not on a logger: a logger's filters only see records logged on
 that logger itself, never those propagated from its children (``discord.gateway``,
 ``discord.http``...), while a handler's filters see every record it is about to write.
+
+``LOG_FORMAT=json`` writes the same fields as one JSON object per line, for log shippers that
+would otherwise cut a traceback into lines of its own. The handler filters before it formats,
+so the JSON holds the scrubbed text too.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
 from collections.abc import Iterable
-from typing import TextIO
+from datetime import UTC, datetime
+from typing import Any, TextIO
 
 from bot.settings import Settings
 
-__all__ = ["FORMAT", "RedactSecrets", "configure_logging"]
+__all__ = ["FORMAT", "JsonLines", "RedactSecrets", "configure_logging"]
 
 FORMAT = "%(asctime)s %(levelname)-8s %(name)s: %(message)s"
 REDACTED = "[redacted]"
@@ -78,12 +84,36 @@ def _message(record: logging.LogRecord) -> str:
         return str(record.msg)
 
 
+class JsonLines(logging.Formatter):
+    """One JSON object per line: ``time`` (ISO 8601, UTC), ``level``, ``logger``, ``message``,
+    and ``exception`` (the traceback's text) or ``stack`` when the record has one.
+
+    JSON escapes the newlines of a traceback, so a record is always exactly one line.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": _message(record),
+        }
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry)
+
+
 class _JambotHandler(logging.StreamHandler[TextIO]):
     """The handler `configure_logging` installs, told apart from anyone else's."""
 
 
 def configure_logging(settings: Settings, stream: TextIO | None = None) -> logging.Handler:
-    """Install the one scrubbed handler (on stderr by default) at LOG_LEVEL; returns it.
+    """Install the one scrubbed handler (on stderr by default) at LOG_LEVEL, writing lines
+    of LOG_FORMAT (text, or JSON objects); returns it.
 
     Calling it again replaces the handler it installed before, so it is safe to call twice.
     """
@@ -91,7 +121,8 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> loggi
     for old in [h for h in root.handlers if isinstance(h, _JambotHandler)]:
         root.removeHandler(old)
     handler = _JambotHandler(stream or sys.stderr)
-    handler.setFormatter(logging.Formatter(FORMAT))
+    json_lines = settings.log_format.lower() == "json"
+    handler.setFormatter(JsonLines() if json_lines else logging.Formatter(FORMAT))
     handler.addFilter(RedactSecrets(_secrets(settings)))
     root.addHandler(handler)
     root.setLevel(settings.log_level.upper())

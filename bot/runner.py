@@ -21,9 +21,19 @@ from discord import app_commands
 from bot.chat.app import JamBot, create_bot
 from bot.jobs.store import DatabaseInUseError, StoreError
 from bot.music.errors import GenerationError
+from bot.ops.server import MetricsServerError
 from bot.settings import Settings
 
-__all__ = ["StartFailure", "explain_failure", "run_bot", "sync_commands"]
+__all__ = [
+    "StartFailure",
+    "application_info",
+    "check_gateway",
+    "describe_failure",
+    "explain_failure",
+    "login",
+    "run_bot",
+    "sync_commands",
+]
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +93,8 @@ async def _start(bot: JamBot, settings: Settings) -> None:
     tried before logging in, which opens the store and resumes jobs.
     """
     assert settings.discord_token is not None
-    await _check_gateway(settings.discord_gateway_url)
-    await _login(bot, settings.discord_token.get_secret_value())
+    await check_gateway(settings.discord_gateway_url)
+    await login(bot, settings.discord_token.get_secret_value())
     try:
         await bot.connect()
     except Exception as exc:
@@ -94,8 +104,11 @@ async def _start(bot: JamBot, settings: Settings) -> None:
         raise StartFailure(_unreachable(GATEWAY, cause)) from exc
 
 
-async def _check_gateway(url: str) -> None:
-    """Open and close one websocket on the gateway, or raise a StartFailure saying why."""
+async def check_gateway(url: str) -> None:
+    """Open and close one websocket on the gateway, or raise a StartFailure saying why.
+
+    Nothing is identified on it, so it uses none of the bot's daily session starts.
+    """
     probe = yarl.URL(url).with_query(v=10, encoding="json")
     try:
         async with (
@@ -108,8 +121,9 @@ async def _check_gateway(url: str) -> None:
         raise StartFailure(_unreachable(GATEWAY, exc)) from exc
 
 
-async def _login(bot: JamBot, token: str) -> None:
-    """`bot.login`; a rejected token stays a LoginFailure, which explain_failure words."""
+async def login(bot: JamBot, token: str) -> None:
+    """`bot.login` (`GET /users/@me`): a rejected token stays a LoginFailure, which
+    describe_failure words; an unreachable or wrong DISCORD_API_BASE_URL is a StartFailure."""
     try:
         await bot.login(token)
     except (aiohttp.ClientError, TimeoutError) as exc:
@@ -119,6 +133,16 @@ async def _login(bot: JamBot, token: str) -> None:
             f"Logging in through DISCORD_API_BASE_URL failed ({_http_detail(exc)}): check "
             "that setting."
         ) from exc
+
+
+async def application_info(bot: JamBot, token: str) -> discord.AppInfo:
+    """Log in, then fetch the application the token belongs to (`GET /oauth2/applications/@me`):
+    `jambot check` shows whose bot it is and builds the invite URL from the application id."""
+    await login(bot, token)
+    try:
+        return await bot.application_info()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise StartFailure(_unreachable(REST, exc)) from exc
 
 
 def sync_commands(settings: Settings, guild_id: int | None = None) -> int:
@@ -132,7 +156,7 @@ async def _sync(settings: Settings, guild_id: int | None) -> int:
     bot = create_bot(settings, serve=False)
     try:
         async with bot:
-            await _login(bot, settings.discord_token.get_secret_value())
+            await login(bot, settings.discord_token.get_secret_value())
             synced = await _register(bot, guild_id)
     except (StartFailure, discord.DiscordException) as exc:
         return explain_failure(exc)
@@ -161,14 +185,17 @@ async def _register(bot: JamBot, guild_id: int | None) -> list[app_commands.AppC
 
 def explain_failure(exc: BaseException | None) -> int:
     """Print why the bot stopped as one `jambot:` line; return the exit status."""
-    sentence, code = _describe(exc)
+    sentence, code = describe_failure(exc)
     print(f"jambot: {sentence}", file=sys.stderr)
     return code
 
 
-def _describe(exc: BaseException | None) -> tuple[str, int]:
+def describe_failure(exc: BaseException | None) -> tuple[str, int]:
+    """Why the bot stopped, as one sentence naming what to fix, and the exit status."""
     if isinstance(exc, StartFailure):
         return exc.sentence, exc.exit_code
+    if isinstance(exc, MetricsServerError):
+        return exc.sentence, 1
     if isinstance(exc, discord.LoginFailure):
         return REJECTED_TOKEN, 2
     if isinstance(exc, discord.ConnectionClosed):

@@ -199,13 +199,13 @@ async def test_sync_registers_the_commands(tmp_path: Path, guild: bool) -> None:
         args = ["sync", "--guild", str(discord.guild_id)] if guild else ["sync"]
         code, out, err = await jambot(*args, cwd=tmp_path, env=env)
         assert code == 0, err
-        assert "Registered 2 commands" in out
+        assert "Registered 3 commands" in out
         puts = [c for c in discord.calls if c.method == "PUT"]
         scope = f"/guilds/{discord.guild_id}/commands" if guild else "/commands"
         assert len(puts) == 1 and puts[0].path.endswith(scope)
         assert discord.violations == []
         commands = {c["name"]: c for c in discord.commands}
-        assert set(commands) == {"music", "jam"}
+        assert set(commands) == {"music", "jam", "jamadmin"}
         music = {o["name"]: o for o in commands["music"]["options"]}
         assert list(music) == [
             "prompt", "duration", "model", "temperature", "top_k", "top_p", "guidance",
@@ -221,6 +221,15 @@ async def test_sync_registers_the_commands(tmp_path: Path, guild: bool) -> None:
         assert all(1 <= len(o["description"]) <= 100 for o in music.values())
         subcommands = {o["name"] for o in commands["jam"]["options"]}
         assert subcommands == {"history", "queue", "quota", "cancel"}
+        assert commands["jam"].get("default_member_permissions") is None  # everyone
+        admin = commands["jamadmin"]
+        assert int(admin["default_member_permissions"]) == 1 << 5  # Manage Server
+        assert {o["name"] for o in admin["options"]} == {"config", "stats"}
+        config = {o["name"]: o for o in admin["options"] if o["name"] == "config"}["config"]
+        assert [o["name"] for o in config["options"]] == [
+            "daily_budget", "daily_quota", "cooldown", "max_duration", "models", "block",
+            "unblock", "reset",
+        ]  # fmt: skip
 
 
 async def test_sync_with_a_rejected_token_says_so(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from replicate.client import Client
 from replicate.exceptions import ReplicateError
 
 from tests.fakes.replicate import (
+    DEFAULT_MODEL,
     DEFAULT_VERSION,
     MAX_FILE_BYTES,
     FakeReplicate,
@@ -419,7 +420,7 @@ async def test_every_request_is_recorded_with_its_answer(
         await http.get(f"/v1/predictions/{prediction_id}")
     await http.get(f"/v1/predictions/{prediction_id}")
     await http.post(f"/v1/predictions/{prediction_id}/cancel")
-    await http.get("/v1/account")
+    await http.get("/v1/hardware")  # a real route the fake doesn't play
 
     polls = fake.requests_to("poll")
     assert [(r.method, r.status) for r in polls] == [("GET", 503), ("GET", 0), ("GET", 200)]
@@ -433,6 +434,33 @@ async def test_every_request_is_recorded_with_its_answer(
         "other",
     ]
     assert fake.requests[-1].status == 404
+
+
+async def test_the_read_only_routes_answer_in_the_documented_shapes(
+    fake: FakeReplicate, http: httpx.AsyncClient, client: Client
+) -> None:
+    account = (await http.get("/v1/account")).json()
+    assert {"type", "username"} <= set(account) and account["type"] in ("user", "organization")
+    assert (await client.accounts.async_current()).username == account["username"]
+    version = await http.get(f"/v1/models/{fake.model}/versions/{fake.version}")
+    assert version.status_code == 200 and version.json()["id"] == fake.version
+    assert set(version.json()) == {"id", "created_at", "cog_version", "openapi_schema"}
+    model = (await http.get(f"/v1/models/{fake.model}")).json()
+    assert (model["owner"], model["name"]) == tuple(fake.model.split("/"))
+    assert model["latest_version"]["id"] == fake.version
+    unknown = await http.get(f"/v1/models/{fake.model}/versions/{'0' * 64}")
+    assert (unknown.status_code, unknown.json()) == (404, {"detail": "Not found.", "status": 404})
+    assert (await http.get("/v1/models/someone/else")).status_code == 404
+    assert fake.creates == []
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/account", f"/v1/models/{DEFAULT_MODEL}", f"/v1/models/{DEFAULT_MODEL}/versions/x"]
+)
+async def test_the_read_only_routes_need_the_token(fake: FakeReplicate, path: str) -> None:
+    async with httpx.AsyncClient(base_url=fake.base_url, transport=local_transport()) as anon:
+        answer = await anon.get(path, headers={"Authorization": "Bearer r8_wrong"})
+    assert answer.status_code == 401 and answer.json()["title"] == "Unauthenticated"
 
 
 async def test_open_connections_follow_the_client(fake: FakeReplicate) -> None:

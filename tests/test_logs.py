@@ -4,9 +4,11 @@ real bot at DEBUG through a whole /music job."""
 from __future__ import annotations
 
 import io
+import json
 import logging
 import sys
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ from pydantic import SecretStr
 
 from bot.logs import RedactSecrets, configure_logging
 from bot.settings import Settings
-from tests.harness import bot_settings, fakes, is_final_edit, spawn_bot, to_options
+from tests.harness import bot_settings, fakes, is_final_edit, spawn_bot, to_options, wait_for
 
 APP_ID = 1_100_000_000_000_000_001
 TOKEN = "aW50ZXJhY3Rpb246MTEwMDAwMDAwMDAwMDAwMDUwMDpxZ3Rva2VuLXNlY3JldC12YWx1ZQ"
@@ -190,3 +192,64 @@ async def test_no_interaction_token_in_the_bots_debug_log(tmp_path: Path) -> Non
     assert interaction.token[16:48] not in log  # not even a piece of it
     assert f"/webhooks/{discord.application_id}/{interaction.token}" not in log
     assert discord.bot_token not in log and replicate.token not in log
+
+
+def test_json_lines_carry_the_text_formats_fields_scrubbed() -> None:
+    stream = io.StringIO()
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        log_format="json",
+        discord_token=SecretStr(BOT_TOKEN),
+        replicate_api_token=SecretStr(R8_TOKEN),
+    )
+    root = logging.getLogger()
+    level = root.level
+    handler = configure_logging(settings, stream)
+    try:
+        logging.getLogger("discord.webhook.async_").warning(
+            "Webhook %s with %s answered\nstatus %s", WEBHOOK, BOT_TOKEN, 404
+        )
+        try:
+            raise RuntimeError(f"POST {CALLBACK} failed")
+        except RuntimeError:
+            logging.getLogger("bot.chat").exception("could not defer (token %s)", TOKEN)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        logging.getLogger("httpx").setLevel(logging.NOTSET)
+    text = stream.getvalue()
+    first, second = (json.loads(line) for line in text.splitlines())  # one object per line
+    assert set(first) == {"time", "level", "logger", "message"}
+    assert first["level"] == "WARNING" and first["logger"] == "discord.webhook.async_"
+    assert first["message"].endswith("answered\nstatus 404")
+    assert datetime.fromisoformat(first["time"]).utcoffset() == timedelta(0)
+    assert second["level"] == "ERROR" and "RuntimeError: POST" in second["exception"]
+    assert "/interactions/1100000000000000500/[redacted]/callback" in second["exception"]
+    for secret in (TOKEN, PLAIN_TOKEN, BOT_TOKEN, R8_TOKEN):
+        assert secret not in text
+
+
+async def test_the_bots_json_log_parses_line_by_line_without_a_token(tmp_path: Path) -> None:
+    """`jambot run` with LOG_FORMAT=json at DEBUG through a whole /music job: every line of its
+    log is one JSON object, and none holds a token, even where discord.py dumps payloads."""
+    async with fakes() as (discord, replicate):
+        settings = bot_settings(
+            discord, replicate, tmp_path / "jambot.db", log_level="DEBUG", log_format="json"
+        )
+        child = await spawn_bot(settings, discord, tmp_path)
+        try:
+            interaction = await discord.send_interaction(
+                "music", to_options({"prompt": "json logs", "duration": 1})
+            )
+            final = await discord.wait_for_call(lambda c: is_final_edit(c, interaction), 20)
+            assert final.files
+            await wait_for(lambda: ": delivered (seed" in child.log, 10)
+        finally:
+            assert await child.terminate() == 0, child.log
+    entries = [json.loads(line) for line in child.log.splitlines()]
+    assert all({"time", "level", "logger", "message"} <= set(entry) for entry in entries)
+    events = [e for e in entries if e["message"].startswith("For Shard ID None: WebSocket Event")]
+    assert any("INTERACTION_CREATE" in e["message"] for e in events)
+    assert any(e["logger"] == "bot.jobs.scheduler" and "delivered" in e["message"] for e in entries)
+    for secret in (interaction.token, interaction.token[16:48], discord.bot_token, replicate.token):
+        assert secret not in child.log

@@ -2,6 +2,11 @@
 
 It changes global state on purpose, and says so: while a defer is in flight the process's
 garbage collector is disabled (see `AckGate`), and enabled again as soon as none is.
+
+It also times each acknowledgement for `jambot_ack_latency_seconds`, from the moment Discord
+created the interaction (the timestamp in its id) to the moment the defer's callback returned:
+that is the wait Discord's 3-second limit counts, gateway delivery included. It reads the
+host's clock against Discord's, so a host clock off by a second is off by as much here.
 """
 
 from __future__ import annotations
@@ -11,6 +16,10 @@ import contextlib
 import gc
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime
+
+from bot.clock import utc_now
+from bot.ops.metrics import NO_METRICS, JobMetrics
 
 
 class AckGate:
@@ -27,7 +36,8 @@ class AckGate:
     QUIET = 0.02
     MAX_GC_HOLD = 1.0  # under steady traffic, let the collector run at least this often
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: JobMetrics = NO_METRICS) -> None:
+        self._metrics = metrics
         self._pending = 0
         self._started = 0
         self._gc_held_since: float | None = None
@@ -35,13 +45,16 @@ class AckGate:
         self._idle.set()
 
     @contextlib.asynccontextmanager
-    async def acknowledging(self) -> AsyncIterator[None]:
+    async def acknowledging(self, created_at: datetime | None = None) -> AsyncIterator[None]:
+        """Around one defer; `created_at` (the interaction's) times it once it succeeded."""
         self._hold_gc()
         self._pending += 1
         self._started += 1
         self._idle.clear()
         try:
             yield
+            if created_at is not None:
+                self._metrics.acknowledged((utc_now() - created_at).total_seconds())
         finally:
             self._pending -= 1
             if self._pending == 0:

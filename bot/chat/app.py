@@ -11,13 +11,18 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.chat.acks import AckGate
+from bot.chat.admin_commands import AdminCommands
 from bot.chat.buttons import BUTTONS
 from bot.chat.delivery import DiscordJobEvents
 from bot.chat.jam_commands import JamCommands
 from bot.chat.music_command import build_music_command
 from bot.chat.services import Services
+from bot.jobs.budget import BudgetUse
 from bot.music.errors import GenerationError
 from bot.music.isolation import warm_up
+from bot.ops.health import HealthCheck
+from bot.ops.metrics import Metrics
+from bot.ops.server import OpsServer
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -63,11 +68,17 @@ class JamBot(commands.Bot):
         )
         self.settings = settings
         self.serve = serve  # False: only the command definitions, for `jambot sync`
-        self.events = DiscordJobEvents(self)
-        self.acks = AckGate()
+        self.events = DiscordJobEvents(self, budget_use=self._budget_use)
+        # Counted from the start, whether or not METRICS_PORT serves them: a counter costs
+        # nothing, and the tests read them without a server.
+        self.metrics = Metrics(cost_per_second=settings.replicate_cost_per_second)
+        self.acks = AckGate(self.metrics)
+        self.health = HealthCheck(self, settings.database_path, lambda: self._services)
+        self._ops: OpsServer | None = None
         self._services: Services | None = None
         self.tree.add_command(build_music_command(self))
         self.tree.add_command(JamCommands(self))
+        self.tree.add_command(AdminCommands(self))
 
     async def setup_hook(self) -> None:
         """Open what the bot needs before it takes commands, and resume unfinished jobs."""
@@ -77,7 +88,14 @@ class JamBot(commands.Bot):
         # Buttons find their job from their custom_id: clicks on messages from before a
         # restart work too.
         self.add_dynamic_items(*BUTTONS)
-        self._services = await Services.open(settings, self.events)
+        if settings.metrics_port:  # first: a taken port stops the start before any job resumes
+            self._ops = await OpsServer.start(
+                settings.metrics_host, settings.metrics_port, self.metrics, self.health.problem
+            )
+        self._services = services = await Services.open(settings, self.events, self.metrics)
+        self.metrics.watch_queue(
+            lambda: len(services.scheduler.waiting()), lambda: services.scheduler.running_count
+        )
         # The audio worker's forkserver takes a few hundred ms to start: not on the first track.
         await warm_up(preload=["bot.cli"])
         # Everything alive now (modules, the command tree, clients) lives as long as the
@@ -86,6 +104,9 @@ class JamBot(commands.Bot):
         gc.collect()
         gc.freeze()
         log.info("jambot ready to take /music (database %s)", settings.database_path)
+
+    async def _budget_use(self, guild_id: int | None) -> list[BudgetUse]:
+        return await self.services.budget_use(guild_id)
 
     @property
     def services(self) -> Services:
@@ -99,6 +120,9 @@ class JamBot(commands.Bot):
     async def close(self) -> None:
         # The services stay referenced once closed: a command still in flight then hears the
         # scheduler's "restarting" refusal rather than meeting a missing attribute.
+        ops, self._ops = self._ops, None
+        if ops is not None:
+            await ops.close()
         if self._services is not None:
             await self._services.close()
         await self.events.close()

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, Self, cast
 import discord
 
 from bot.chat.jam_commands import CANCEL_ANSWERS
-from bot.chat.music_command import FollowUp, submit_request
+from bot.chat.music_command import FollowUp, load_rules, refuse, rules_refusal, submit_request
+from bot.jobs.guild_settings import Rules
 from bot.jobs.store import Job
 from bot.music.audio import AudioError
 from bot.music.errors import GenerationError, InvalidRequestError
@@ -85,7 +86,7 @@ class CancelButton(_JobButton, template=r"jam:cancel:(?P<job>[0-9]{1,19})"):
 
     async def callback(self, interaction: discord.Interaction) -> None:
         bot = _bot(interaction)
-        async with bot.acks.acknowledging():
+        async with bot.acks.acknowledging(interaction.created_at):
             await interaction.response.defer(ephemeral=True, thinking=True)
         job = await bot.services.store.get(self.job_id)
         if job is None:
@@ -108,7 +109,7 @@ class _FollowUpButton(_JobButton, template=r"jam:never:(?P<job>[0-9]+)"):
 
     async def callback(self, interaction: discord.Interaction) -> None:
         bot = _bot(interaction)
-        async with bot.acks.acknowledging():
+        async with bot.acks.acknowledging(interaction.created_at):
             answer = await interaction.response.defer(thinking=True)  # a new message
         await bot.acks.wait_until_quiet()
         placeholder = answer.message_id if answer is not None else None
@@ -116,19 +117,28 @@ class _FollowUpButton(_JobButton, template=r"jam:never:(?P<job>[0-9]+)"):
         if parent is None or parent.status != "delivered":
             await interaction.edit_original_response(content=NOT_AVAILABLE)
             return
+        if (rules := await load_rules(bot, interaction)) is None:
+            return
+        # the server's rules, before Extend uploads anything: they apply to what a track was
+        # made from too (a word blocked since, a model turned off)
+        refusal = rules_refusal(rules, MusicRequest.from_stored(parent.request_json))
+        if refusal is not None:
+            await refuse(interaction, refusal)
+            return
         try:
-            request, extend_json = await self.build(bot, interaction, parent)
+            request, extend_json = await self.build(bot, interaction, parent, rules)
         except GenerationError as exc:
             log.info("%s of job %d refused: %s", self.action, parent.id, exc.detail)
             await interaction.edit_original_response(content=f"⚠️ {exc.user_message}")
             return
         follow_up = FollowUp(self.action, parent.id, extend_json)
-        await submit_request(bot, interaction, request, placeholder, follow_up)
+        await submit_request(bot, interaction, request, placeholder, follow_up, rules=rules)
 
     async def build(
-        self, bot: JamBot, interaction: discord.Interaction, parent: Job
+        self, bot: JamBot, interaction: discord.Interaction, parent: Job, rules: Rules
     ) -> tuple[MusicRequest, str | None]:
-        """The new job's request (and, for Extend, what delivery needs to stitch)."""
+        """The new job's request (and, for Extend, what delivery needs to stitch), within the
+        server's longest duration."""
         raise NotImplementedError
 
 
@@ -138,11 +148,10 @@ class RegenerateButton(_FollowUpButton, template=r"jam:regenerate:(?P<job>[0-9]{
     action, label, emoji = "regenerate", "Regenerate", "🔁"
 
     async def build(
-        self, bot: JamBot, interaction: discord.Interaction, parent: Job
+        self, bot: JamBot, interaction: discord.Interaction, parent: Job, rules: Rules
     ) -> tuple[MusicRequest, str | None]:
         original = MusicRequest.from_stored(parent.request_json)
-        cap = bot.settings.max_duration_seconds
-        return original.with_new_seed(random.Random(), max_duration=cap), None
+        return original.with_new_seed(random.Random(), max_duration=rules.max_duration), None
 
 
 class VariationButton(_FollowUpButton, template=r"jam:variation:(?P<job>[0-9]{1,19})"):
@@ -151,13 +160,13 @@ class VariationButton(_FollowUpButton, template=r"jam:variation:(?P<job>[0-9]{1,
     action, label, emoji = "variation", "Variation", "🎲"
 
     async def build(
-        self, bot: JamBot, interaction: discord.Interaction, parent: Job
+        self, bot: JamBot, interaction: discord.Interaction, parent: Job, rules: Rules
     ) -> tuple[MusicRequest, str | None]:
         original = MusicRequest.from_stored(parent.request_json)
         seed = parent.seed if parent.seed is not None else original.seed
         if seed is None:
             raise InvalidRequestError("This track's seed isn't known, so try Regenerate instead.")
-        return original.varied(seed, max_duration=bot.settings.max_duration_seconds), None
+        return original.varied(seed, max_duration=rules.max_duration), None
 
 
 class ExtendButton(_FollowUpButton, template=r"jam:extend:(?P<job>[0-9]{1,19})"):
@@ -167,14 +176,14 @@ class ExtendButton(_FollowUpButton, template=r"jam:extend:(?P<job>[0-9]{1,19})")
     action, label, emoji = "extend", "Extend", "⏩"
 
     async def build(
-        self, bot: JamBot, interaction: discord.Interaction, parent: Job
+        self, bot: JamBot, interaction: discord.Interaction, parent: Job, rules: Rules
     ) -> tuple[MusicRequest, str | None]:
         attachment = _track_attachment(interaction.message)
         if attachment is None:
             raise InvalidRequestError("That message has no track attached to extend.")
-        cap = bot.settings.max_duration_seconds
+        cap = rules.max_duration
         if cap < 2:
-            raise InvalidRequestError("Tracks here are too short to extend (MAX_DURATION_SECONDS).")
+            raise InvalidRequestError("Tracks here are too short to extend (the longest is 1 s).")
         data = await _read(attachment)
         try:
             clip = await continuation_clip(data, max_seconds=cap // 2)

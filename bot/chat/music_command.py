@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import discord
 from discord import app_commands
 
+from bot.jobs.guild_settings import Rules
 from bot.jobs.limits import Refusal
-from bot.jobs.store import NewJob
+from bot.jobs.store import NewJob, StoreError
 from bot.music.audio import AudioError, AudioInfo
 from bot.music.errors import InvalidRequestError
 from bot.music.isolation import probe_untrusted
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 NOT_AUDIO = "audio must be an audio file (WAV, MP3, FLAC or Ogg) that plays: that one doesn't."
 AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".ogg", ".oga", ".m4a", ".aac", ".opus")
 MAX_AUDIO_BYTES = 25 * 1024 * 1024
+BLOCKED = "That prompt uses a word this server has blocked."
+STORE_BUSY = "⚠️ The bot's database is busy right now; please try again in a minute."
 
 ModelName = Literal["stereo-melody-large", "stereo-large", "melody-large", "large"]
 FormatName = Literal["wav", "mp3"]
@@ -72,7 +75,7 @@ def build_music_command(bot: "JamBot") -> app_commands.Command[Any, Any, None]:
         audio: discord.Attachment | None = None,
         continuation: bool = False,
     ) -> None:
-        async with bot.acks.acknowledging():
+        async with bot.acks.acknowledging(interaction.created_at):
             answer = await interaction.response.defer(thinking=True)  # first, before other I/O
         await bot.acks.wait_until_quiet()
         options: dict[str, Any] = {
@@ -105,12 +108,18 @@ async def submit_music(
 
     `options` are `MusicRequest.from_options`' keyword arguments, the attachment aside.
     """
+    rules = await load_rules(bot, interaction)
+    if rules is None:
+        return
+    if rules.blocks(str(options.get("prompt", ""))):  # before the attachment is even read
+        await refuse(interaction, Refusal("blocked", None, BLOCKED))
+        return
     try:
         clip = await _checked_audio(audio) if audio is not None else None
         request = MusicRequest.from_options(
             **options,
             input_audio=clip[0] if clip else None,
-            max_duration=bot.settings.max_duration_seconds,
+            max_duration=rules.max_duration,
         )
         if clip is not None:
             _check_clip_length(request, clip[1])
@@ -118,7 +127,29 @@ async def submit_music(
         log.info("rejected /music from user %d: %s", interaction.user.id, exc.user_message)
         await interaction.edit_original_response(content=f"⚠️ {exc.user_message}")
         return
-    await submit_request(bot, interaction, request, placeholder_id)
+    await submit_request(bot, interaction, request, placeholder_id, rules=rules)
+
+
+async def load_rules(bot: "JamBot", interaction: discord.Interaction) -> Rules | None:
+    """The rules where the command was sent; None (the user told why) if the store fails."""
+    try:
+        return await bot.services.rules.rules_for(interaction.guild_id)
+    except StoreError as exc:
+        log.warning("could not read the server's settings: %s", exc.detail)
+        await interaction.edit_original_response(content=STORE_BUSY)
+        return None
+
+
+def rules_refusal(rules: Rules, request: MusicRequest) -> Refusal | None:
+    """What the server's own rules say against a request: a blocked word, a model it turned
+    off. The word itself is never repeated (the answer may be read over a shoulder)."""
+    if rules.blocks(request.prompt):
+        return Refusal("blocked", None, BLOCKED)
+    model = request.model_version.value
+    if not rules.allows(model):
+        allowed = ", ".join(rules.allowed_models)
+        return Refusal("model", None, f"This server doesn't use {model}; it allows: {allowed}.")
+    return None
 
 
 @dataclass(frozen=True)
@@ -136,12 +167,21 @@ async def submit_request(
     request: MusicRequest,
     placeholder_id: int | None,
     follow_up: FollowUp | None = None,
+    *,
+    rules: Rules | None = None,
 ) -> None:
-    """Check the user's limits and enqueue a validated request, from /music or a button."""
+    """Check the server's rules and the user's limits and enqueue a validated request, from
+    /music or a button. `rules` are the server's, if the caller has read them already."""
+    if rules is None and (rules := await load_rules(bot, interaction)) is None:
+        return
+    refusal = rules_refusal(rules, request)
+    if refusal is not None:
+        await refuse(interaction, refusal)
+        return
     new_job = _new_job(interaction, request, placeholder_id, follow_up)
-    result = await bot.services.scheduler.submit(new_job)
+    result = await bot.services.scheduler.submit(new_job, rules)
     if isinstance(result, Refusal):
-        await _refuse(interaction, result)
+        await refuse(interaction, result)
         return
     bot.events.attach(result.id, interaction)
 
@@ -210,7 +250,8 @@ def _new_job(
     )
 
 
-async def _refuse(interaction: discord.Interaction, refusal: Refusal) -> None:
+async def refuse(interaction: discord.Interaction, refusal: Refusal) -> None:
     """Limits answer privately: the public placeholder goes, an ephemeral sentence stays."""
     await interaction.delete_original_response()
-    await interaction.followup.send(f"⏱️ {refusal.message}", ephemeral=True)
+    mark = "🚫" if refusal.reason in ("blocked", "model") else "⏱️"
+    await interaction.followup.send(f"{mark} {refusal.message}", ephemeral=True)

@@ -24,13 +24,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from bot.jobs.budget import Budgets
 from bot.jobs.failures import CrashLoopFailure, InternalFailure, StorageFailure
+from bot.jobs.guild_settings import Rules
 from bot.jobs.limits import Limits, Refusal
 from bot.jobs.queue import FairQueue
 from bot.jobs.store import Job, JobStore, NewJob, StoreError
 from bot.music.backend import MusicBackend, Progress, Track
 from bot.music.errors import GenerationError, OutputError, TransientPredictionError
 from bot.music.request import MusicRequest
+from bot.ops.metrics import NO_METRICS, JobMetrics
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +125,10 @@ class Scheduler:
         max_concurrent: int,
         cost_per_second: float,
         max_crashes: int = DEFAULT_MAX_CRASHES,
+        budgets: Budgets | None = None,
+        metrics: JobMetrics = NO_METRICS,
     ) -> None:
+        """`budgets` prices each job and holds it to the daily budgets (default: no caps)."""
         self._store = store
         self._backend = backend
         self._events = events
@@ -130,6 +136,8 @@ class Scheduler:
         self._max_concurrent = max_concurrent
         self._cost_per_second = cost_per_second
         self._max_crashes = max_crashes
+        self._budgets = budgets or Budgets(store, cost_per_second=cost_per_second)
+        self._metrics = metrics
         self._queue = FairQueue()
         self._waiting: dict[int, Job] = {}
         self._running: dict[int, asyncio.Task[None]] = {}
@@ -178,19 +186,25 @@ class Scheduler:
 
     # -- the API the front end uses ---------------------------------------------------------
 
-    async def submit(self, new_job: NewJob) -> Job | Refusal:
-        """Check the user's limits and enqueue; the job's place in line is shown soon after
-        (unless a free slot starts it right away, and progress shows instead)."""
+    async def submit(self, new_job: NewJob, rules: Rules | None = None) -> Job | Refusal:
+        """Check the user's limits and the daily budgets, and enqueue; the job's place in line
+        is shown soon after (unless a free slot starts it right away, and progress shows
+        instead). `rules` are the server's (None: the bot's defaults)."""
         if self._closing:
             return Refusal("queue", None, "The bot is restarting; please try again in a minute.")
         try:
             async with self._user_lock(new_job.user_id):  # check-then-add, one at a time
                 refusal = await self._duplicate(new_job) or await self._limits.check(
-                    new_job.user_id
+                    new_job.user_id, rules
                 )
                 if refusal is not None:
                     return refusal
-                job = await self._store.add(new_job)
+                priced = await self._budgets.price(new_job)
+                budget = rules.daily_budget_usd if rules is not None else None
+                admitted = await self._budgets.admit(priced, self._store.add, guild_budget=budget)
+                if isinstance(admitted, Refusal):
+                    return admitted
+                job = admitted
         except StoreError as exc:
             self._note_store_trouble(exc)
             log.error("refused a job: the store failed (%s)", exc.detail)
@@ -260,6 +274,7 @@ class Scheduler:
         elif before.prediction_id is not None:
             await self._backend.cancel(before.prediction_id)
         log.info("job %d: cancelled", job_id)
+        self._metrics.job_ended("cancelled")
         self._spawn(self._events.on_cancelled(before))
         return CancelOutcome.CANCELLED
 
@@ -474,10 +489,16 @@ class Scheduler:
             log.debug("job %d: had already ended; failure not recorded: %s", job.id, error.detail)
             return
         log.info("job %d: failed: %s", job.id, error.detail)
+        self._metrics.job_ended("failed")
         await _logged(self._events.on_failed(job, error))
 
     async def _deliver(self, job: Job, track: Track, *, resumed: bool) -> None:
-        cost = (track.predict_time or 0.0) * self._cost_per_second
+        in_hand = asyncio.get_running_loop().time()
+        # without a reported GPU time, the estimate made at submit is the best figure there is
+        if track.predict_time is not None:
+            cost: float | None = track.predict_time * self._cost_per_second
+        else:
+            cost = job.expected_cost
         await self._persist(
             "record result",
             lambda: self._store.record_result(
@@ -502,18 +523,21 @@ class Scheduler:
             return
         if where is None:
             return  # cancelled before the post: nothing was posted
-        await self._persist(
+        self._metrics.delivered(asyncio.get_running_loop().time() - in_hand)
+        delivered = await self._persist(
             "record delivery",
             lambda: self._store.deliver(
                 job.id, message_id=where.message_id, channel_id=where.channel_id
             ),
         )
+        if delivered:
+            self._metrics.job_ended("delivered")
         log.info(
             "job %d: delivered (seed %s, %.1fs on GPU, ~$%.4f)",
             job.id,
             track.seed,
             track.predict_time or 0.0,
-            cost,
+            cost or 0.0,
         )
 
 

@@ -12,6 +12,11 @@ client carries no token, because output files live on another host.
 
 Audio to continue goes in as a data URI when small, else through Replicate's file upload (free,
 so retried like a poll): never as an earlier prediction's output URL, which dies within the hour.
+
+`jambot check` reads the account and the model through `check_account` and `check_model` on
+the plain client too: the official client has `accounts.async_current()`, but its transport
+would retry a 429 or 503 silently for up to minutes, and its `Account` model requires a `name`
+that Replicate's API description doesn't promise. Both reads are free and create nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import io
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Self, TypeVar
 
@@ -34,6 +40,7 @@ from bot.music import errors
 from bot.music.backend import CreatedCallback, Progress, ProgressCallback, Track
 from bot.music.request import MusicRequest
 from bot.music.retry import RetryPolicy
+from bot.ops.metrics import NO_METRICS, JobMetrics, RequestKind
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,6 +53,10 @@ MIN_POLL_INTERVAL = 0.05
 OUTPUT_LIFETIME = timedelta(hours=1)
 DATA_URI_LIMIT = 1_000_000  # bytes; Replicate takes data URIs only for files under 1 MB
 _FILES_ROUTE = re.compile(r"/v1/files(?:/|$)")
+_PREDICTION_ROUTE = re.compile(r"/v1/predictions/[^/]+$")
+_CANCEL_ROUTE = re.compile(r"/v1/predictions/[^/]+/cancel$")
+# The read-only routes `jambot check` uses; their callers read the status themselves.
+_CHECK_ROUTE = re.compile(r"/v1/(?:account|models/[^/]+/[^/]+(?:/versions/[^/]+)?)$")
 _PERCENT = re.compile(r"(\d{1,3}(?:\.\d+)?)%\|")  # tqdm: " 42%|████▏     | 210/500"
 _COUNTER = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$", re.MULTILINE)  # audiocraft: "  210 /   500"
 _SEED = re.compile(r"Using seed:? (\d+)")
@@ -108,6 +119,40 @@ class UploadedFile(BaseModel):
     urls: FileUrls
 
 
+class Account(BaseModel):
+    """Replicate's account JSON (`GET /v1/account`): the fields its API description requires."""
+
+    type: str
+    username: str = Field(min_length=1)
+
+
+class VersionInfo(BaseModel):
+    """Replicate's model version JSON (`GET /v1/models/{owner}/{name}/versions/{id}`)."""
+
+    id: str = Field(min_length=1)
+    created_at: str | None = None
+
+
+class ModelInfo(BaseModel):
+    """Replicate's model JSON (`GET /v1/models/{owner}/{name}`); the latest version may be null."""
+
+    owner: str
+    name: str
+    latest_version: VersionInfo | None = None
+
+
+@dataclass(frozen=True)
+class Refused:
+    """Replicate's "no" to a read-only check: its status and the title of its problem body.
+
+    Returned rather than raised, so the check can say which setting to fix from the status
+    (401 on the account: the token; 404 on the model: REPLICATE_MODEL).
+    """
+
+    status: int
+    title: str
+
+
 class ReplicateBackend:
     """MusicGen on Replicate. One instance (and so one set of HTTP pools) per process."""
 
@@ -123,8 +168,10 @@ class ReplicateBackend:
         max_download_bytes: int = 100 * 1024 * 1024,
         http_timeout: float = 30.0,
         upload_timeout: float = 120.0,
+        metrics: JobMetrics = NO_METRICS,
     ) -> None:
         self._model, _, self._version = model.partition(":")
+        self._metrics = metrics
         self._poll_interval = poll_interval
         self._timeout = timeout
         self._retry = retry or RetryPolicy()
@@ -134,7 +181,7 @@ class ReplicateBackend:
         self._open_clients(api_token.get_secret_value(), base_url)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Self:
+    def from_settings(cls, settings: Settings, metrics: JobMetrics = NO_METRICS) -> Self:
         settings.require("REPLICATE_API_TOKEN")
         assert settings.replicate_api_token is not None
         retry = RetryPolicy(
@@ -148,6 +195,7 @@ class ReplicateBackend:
             timeout=settings.generation_timeout_seconds,
             retry=retry,
             max_download_bytes=settings.max_download_bytes,
+            metrics=metrics,
         )
 
     def _open_clients(self, token: str, base_url: str) -> None:
@@ -158,7 +206,7 @@ class ReplicateBackend:
         """
         limits = httpx.Timeout(self._http_timeout, connect=10.0)
         tls = httpx.create_ssl_context()
-        hooks: dict[str, list[EventHook]] = {"response": [_raise_translated]}
+        hooks: dict[str, list[EventHook]] = {"response": [self._count, _raise_translated]}
         self._create_transport = httpx.AsyncHTTPTransport(verify=tls)
         self._client = Client(
             api_token=token,
@@ -181,6 +229,13 @@ class ReplicateBackend:
         await self._http.aclose()
         await self._api.aclose()
         await self._create_transport.aclose()
+
+    async def _count(self, response: httpx.Response) -> None:
+        """Response hook on the API clients: every answer is counted, before any is judged
+        (a request that gets none is counted where its failure is caught)."""
+        kind = _request_kind(response.request)
+        if kind is not None:
+            self._metrics.replicate_request(kind, response.status_code)
 
     # -- the public operations ------------------------------------------------------------
 
@@ -234,6 +289,8 @@ class ReplicateBackend:
         try:
             await self._api.post(f"/v1/predictions/{prediction_id}/cancel")
         except (errors.GenerationError, httpx.HTTPError) as exc:
+            if isinstance(exc, httpx.HTTPError):
+                self._metrics.replicate_request("cancel", None)
             reason = _translate(exc, "cancel").detail
             log.warning("cancel of prediction %s failed: %s", prediction_id, reason)
         else:
@@ -254,7 +311,39 @@ class ReplicateBackend:
             return data_uri(data, content_type)
         return await self._retry.call(lambda: self._upload(data, filename, content_type))
 
+    async def check_account(self) -> Account | Refused:
+        """The account the token belongs to, or Replicate's refusal (401: a wrong token).
+
+        An unreachable host or an answer that isn't Replicate's raises, as everywhere else.
+        """
+        return await self._read("/v1/account", Account, "an account")
+
+    async def check_model(self) -> VersionInfo | Refused:
+        """The configured version (or, for `owner/name`, the model's latest one), or the refusal.
+
+        Raises ModelNotFoundError for a model that has no version yet: nothing could run.
+        """
+        if self._version:
+            path = f"/v1/models/{self._model}/versions/{self._version}"
+            return await self._read(path, VersionInfo, "a model version")
+        found = await self._read(f"/v1/models/{self._model}", ModelInfo, "a model")
+        if isinstance(found, Refused):
+            return found
+        if found.latest_version is None:
+            raise errors.ModelNotFoundError(detail=f"{self._model} has no version yet")
+        return found.latest_version
+
     # -- steps ----------------------------------------------------------------------------
+
+    async def _read(self, path: str, model: type[Parsed], noun: str) -> Parsed | Refused:
+        """One GET on a read-only route: its parsed body, or the status it was refused with."""
+        try:
+            response = await self._api.get(path)
+        except httpx.HTTPError as exc:
+            raise _translate(exc, f"GET {path}") from exc
+        if response.status_code >= 400:
+            return Refused(response.status_code, _title(response))
+        return _parsed(response, model, noun)
 
     def _deadline(self) -> float:
         return asyncio.get_running_loop().time() + self._timeout
@@ -282,13 +371,17 @@ class ReplicateBackend:
             async with asyncio.timeout(self._http_timeout):
                 prediction = await self._send_create(payload)
         except TimeoutError:
+            self._metrics.replicate_request("create", None)
             raise errors.ServiceUnavailableError(detail="create timed out") from None
         except (httpx.HTTPError, ReplicateError) as exc:
+            if isinstance(exc, httpx.HTTPError):
+                self._metrics.replicate_request("create", None)
             raise _translate(exc, "create") from exc
         except ValueError as exc:  # the client's own model refused a body our hook let through
             raise errors.UnexpectedResponseError(
                 detail=f"create answer is not a prediction: {type(exc).__name__}"
             ) from exc
+        self._metrics.prediction_created()
         log.info("created prediction %s", prediction.id)
         return str(prediction.id)
 
@@ -301,8 +394,11 @@ class ReplicateBackend:
                     io.BytesIO(data), filename=filename, content_type=content_type
                 )
         except TimeoutError:
+            self._metrics.replicate_request("upload", None)
             raise errors.ServiceUnavailableError(detail="upload timed out") from None
         except _UPLOAD_REWORDED as exc:  # the hook's other errors already say it right
+            if isinstance(exc, httpx.HTTPError):
+                self._metrics.replicate_request("upload", None)
             raise _upload_error(exc) from exc
         if created.size != len(data):
             raise errors.ServiceUnavailableError(
@@ -330,6 +426,7 @@ class ReplicateBackend:
         except errors.UnexpectedResponseError as exc:  # polling again costs nothing
             raise errors.ServiceUnavailableError(detail=exc.detail) from exc
         except httpx.HTTPError as exc:
+            self._metrics.replicate_request("poll", None)
             raise _translate(exc, "poll") from exc
 
     async def _wait_and_fetch(
@@ -372,6 +469,7 @@ class ReplicateBackend:
                 await self._retry.sleep(self._poll_backoff(prediction_id, failures, exc))
                 continue
             if state.status in TERMINAL:
+                self._metrics.prediction_finished(state.predict_time)
                 return _check_terminal(state)
             now = loop.time()
             if state.status == "processing" and processing_since is None:
@@ -402,8 +500,11 @@ class ReplicateBackend:
 
     async def _download(self, url: str) -> bytes:
         """Fetch the output with a size cap. Transient failures are retried by the caller."""
+        answered = False
         try:
             async with self._http.stream("GET", url) as response:
+                answered = True
+                self._metrics.replicate_request("download", response.status_code)
                 _check_download_status(response)
                 chunks: list[bytes] = []
                 size = 0
@@ -413,6 +514,8 @@ class ReplicateBackend:
                         raise errors.OutputError(detail=f"output over {size} bytes")
                     chunks.append(chunk)
         except httpx.HTTPError as exc:
+            if not answered:  # one that broke off mid-body was counted with its status
+                self._metrics.replicate_request("download", None)
             raise errors.ServiceUnavailableError(
                 "Replicate finished, but the track couldn't be downloaded; please try again.",
                 f"download failed: {type(exc).__name__}",
@@ -439,6 +542,8 @@ async def _raise_translated(response: httpx.Response) -> None:
     or JSON without `id` never reaches `json.loads` or pydantic as a raw exception.
     """
     await response.aread()
+    if response.request.method == "GET" and _CHECK_ROUTE.search(response.url.path):
+        return  # `_read` turns these answers into a body or a `Refused` itself
     if response.status_code >= 400:
         what = f"{response.request.method} {response.url.path}"
         raise _from_status(response.status_code, _problem(response), response.headers, what)
@@ -446,6 +551,20 @@ async def _raise_translated(response: httpx.Response) -> None:
         _parsed(response, UploadedFile, "a file")
     else:
         _prediction_state(response)
+
+
+def _request_kind(request: httpx.Request) -> RequestKind | None:
+    """Which of the counted requests this is; None for the read-only ones `jambot check` makes."""
+    path = request.url.path
+    if _FILES_ROUTE.search(path):
+        return "upload"
+    if _CANCEL_ROUTE.search(path):
+        return "cancel"
+    if request.method == "GET" and _PREDICTION_ROUTE.search(path):
+        return "poll"
+    if request.method == "POST" and path.endswith("/predictions"):
+        return "create"
+    return None
 
 
 def _prediction_state(response: httpx.Response) -> PredictionState:
@@ -494,6 +613,16 @@ def _problem(response: httpx.Response) -> str:
         return str(body)[:200]
     parts = [str(body[key]) for key in ("title", "detail") if body.get(key)]
     return ": ".join(parts)[:500]
+
+
+def _title(response: httpx.Response) -> str:
+    """A refusal in a few words: the problem body's title, else the status's reason phrase."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    title = body.get("title") if isinstance(body, dict) else None
+    return _excerpt(str(title), 80) if title else response.reason_phrase
 
 
 def _from_status(

@@ -243,6 +243,16 @@ class FakeDiscord:
             Route.BASE = old_base
             DiscordWebSocket.DEFAULT_GATEWAY = old_gateway
 
+    async def drop_gateway(self) -> None:
+        """Cut the bot off the gateway: close its connection (1001, going away) and turn away
+        its reconnections (503) until `restore_gateway()`. Its session stays resumable."""
+        self._gateway.refusing = True
+        await self._gateway.close()
+
+    def restore_gateway(self) -> None:
+        """Accept gateway connections again: the bot's next try resumes its session."""
+        self._gateway.refusing = False
+
     async def wait_ready(self, timeout: float = 10) -> None:
         """Wait until the bot identified and was sent READY and its GUILD_CREATE."""
         await asyncio.wait_for(self._gateway.ready.wait(), timeout)
@@ -349,6 +359,7 @@ class FakeDiscord:
         guild_id: int | None = None,
         channel_id: int | None = None,
         locale: str = "en-US",
+        permissions: str | None = None,
     ) -> FakeInteraction:
         """Dispatch an INTERACTION_CREATE for a slash command, shaped like Discord's.
 
@@ -358,6 +369,8 @@ class FakeDiscord:
         the files are served by this fake. ``created_at`` sets the interaction id's timestamp
         (the token dies 15 minutes after it). ``data.guild_id`` and ``data.id`` follow the
         commands the bot registered (a guild command carries ``data.guild_id``).
+        ``permissions`` (a decimal bit set) replaces the member's default ones, e.g. with
+        Manage Server (``1 << 5``) added for a server's admin.
         """
         guild = guild_id if guild_id is not None else self.guild_id
         channel = channel_id if channel_id is not None else self.channel_id
@@ -383,7 +396,16 @@ class FakeDiscord:
         if command_guild is not None:
             data["guild_id"] = str(command_guild)
         return await self._dispatch_interaction(
-            2, name, data, user_id, created_at, attachment_size_limit, guild, channel, locale
+            2,
+            name,
+            data,
+            user_id,
+            created_at,
+            attachment_size_limit,
+            guild,
+            channel,
+            locale,
+            permissions=permissions,
         )
 
     async def send_component(

@@ -82,6 +82,7 @@ class FakeGateway:
         self.received: list[dict[str, Any]] = []
         self.connect_queries: list[dict[str, str]] = []
         self.ready = asyncio.Event()
+        self.refusing = False  # True: connections are turned away (503), as in an outage
         self._sockets: set[web.WebSocketResponse] = set()
 
     async def close(self) -> None:
@@ -95,7 +96,9 @@ class FakeGateway:
             raise ConnectionError("the bot is not connected to the gateway")
         return await session.dispatch(event, data)
 
-    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if self.refusing:
+            return web.Response(status=503, text="gateway unavailable")
         ws = web.WebSocketResponse(autoping=True, compress=False, max_msg_size=0)
         await ws.prepare(request)
         self._sockets.add(ws)

@@ -11,6 +11,8 @@ point ``replicate.Client(base_url=fake.base_url)`` at it. It models:
 * the model's own run-time checks, which end a prediction ``failed`` (not a 422);
 * ``POST /v1/predictions/{id}/cancel``, ``Prefer: wait`` on create;
 * real audio files (WAV or MP3) at the output URL;
+* the read-only routes: ``GET /v1/account``, ``GET /v1/models/{owner}/{name}`` and
+  ``.../versions/{id}`` (404 for any other model or version);
 * the Files API: ``POST /v1/files`` (multipart; 413 over ``max_file_bytes``), ``GET
   /v1/files/{id}`` and signed downloads; a create's ``input_audio`` may be a data URI or one of
   these files' URLs, and ``input_audio_bytes(prediction_id)`` gives the bytes it received;
@@ -22,12 +24,13 @@ point ``replicate.Client(base_url=fake.base_url)`` at it. It models:
 Run it by hand with ``python -m tests.fakes.replicate --port 8765``.
 
 The fake is a package of small modules; every public name is re-exported here: ``faults``
-(HttpFault, Outcome), ``schema`` (input validation), ``audio`` (render_audio), ``files``
-(FakeFile, uploads and ``input_audio``), ``records``, ``predictions`` (FakePrediction and its
-clock), ``server`` (FakeReplicate), ``standalone``.
+(HttpFault, Outcome), ``schema`` (input validation), ``catalog`` (account and model JSON),
+``audio`` (render_audio), ``files`` (FakeFile, uploads and ``input_audio``), ``records``,
+``predictions`` (FakePrediction and its clock), ``server`` (FakeReplicate), ``standalone``.
 """
 
 from tests.fakes.replicate.audio import render_audio
+from tests.fakes.replicate.catalog import ACCOUNT_USERNAME, account_json, model_json, version_json
 from tests.fakes.replicate.faults import HttpFault, Outcome
 from tests.fakes.replicate.files import MAX_FILE_BYTES, FakeFile, decode_data_uri
 from tests.fakes.replicate.predictions import FakePrediction
@@ -42,6 +45,7 @@ from tests.fakes.replicate.server import (
 from tests.fakes.replicate.standalone import main
 
 __all__ = [
+    "ACCOUNT_USERNAME",
     "DEFAULT_MODEL",
     "DEFAULT_TOKEN",
     "DEFAULT_VERSION",
@@ -56,8 +60,11 @@ __all__ = [
     "Outcome",
     "RequestRecord",
     "UploadRecord",
+    "account_json",
     "decode_data_uri",
     "main",
+    "model_json",
     "render_audio",
     "validate_musicgen_input",
+    "version_json",
 ]

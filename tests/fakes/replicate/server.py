@@ -19,6 +19,7 @@ from aiohttp.typedefs import Handler
 
 from tests.fakes.replicate import files
 from tests.fakes.replicate.audio import render_audio
+from tests.fakes.replicate.catalog import account_json, model_json, version_json
 from tests.fakes.replicate.faults import PROBLEM_JSON, HttpFault, Outcome
 from tests.fakes.replicate.files import MAX_FILE_BYTES, FakeFile
 from tests.fakes.replicate.predictions import FakePrediction, WallClock, new_prediction_id
@@ -137,6 +138,11 @@ class FakeReplicate:
         router.add_post("/v1/files", self._handle_upload, name="upload")
         router.add_get("/v1/files/{id}", self._handle_file, name="file")
         router.add_get("/v1/files/{id}/download", self._handle_file_download, name="file_download")
+        router.add_get("/v1/account", self._handle_account, name="account")
+        router.add_get("/v1/models/{owner}/{name}", self._handle_model, name="model")
+        router.add_get(
+            "/v1/models/{owner}/{name}/versions/{version}", self._handle_version, name="version"
+        )
         router.add_route("*", "/v1/{tail:.*}", self._handle_unknown)
         router.add_get("/files/{id}/{name}", self._handle_download, name="download")
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
@@ -463,6 +469,26 @@ class FakeReplicate:
         ):
             return HttpFault(404, {"detail": "File not found", "status": 404}).to_response()
         return web.Response(body=found.content, content_type=found.content_type)
+
+    async def _handle_account(self, request: web.Request) -> web.StreamResponse:
+        if not self._authorized(request):
+            return HttpFault.unauthenticated().to_response()
+        return _json_response(200, account_json())
+
+    async def _handle_model(self, request: web.Request) -> web.StreamResponse:
+        if not self._authorized(request):
+            return HttpFault.unauthenticated().to_response()
+        if f"{request.match_info['owner']}/{request.match_info['name']}" != self.model:
+            return HttpFault.not_found().to_response()
+        return _json_response(200, model_json(self.model, self.version))
+
+    async def _handle_version(self, request: web.Request) -> web.StreamResponse:
+        if not self._authorized(request):
+            return HttpFault.unauthenticated().to_response()
+        model = f"{request.match_info['owner']}/{request.match_info['name']}"
+        if model != self.model or request.match_info["version"] != self.version:
+            return HttpFault.not_found().to_response()
+        return _json_response(200, version_json(self.version))
 
     async def _handle_unknown(self, request: web.Request) -> web.StreamResponse:
         if not self._authorized(request):
