@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from bot.jobs.store import JobStore
 from bot.music.replicate import ReplicateBackend
 from bot.music.retry import RetryPolicy
+from tests.clock import Clock
 from tests.fakes.replicate import FakeReplicate
 
 
@@ -78,3 +80,17 @@ def fill_disk(folder: Path) -> Path:
                 while out.write(b"\0" * size):
                     pass
     return filler
+
+
+@pytest.fixture
+def clock() -> Clock:
+    """A settable clock for the store and the limits (tests/clock.py)."""
+    return Clock()
+
+
+@pytest.fixture
+async def store(tmp_path: Path, clock: Clock) -> AsyncIterator[JobStore]:
+    """A job store on a fresh file, timed by `clock`."""
+    job_store = await JobStore.open(tmp_path / "jambot.db", now=clock)
+    yield job_store
+    await job_store.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,18 +21,6 @@ from tests.scheduler_doubles import new_job as scheduler_job
 
 RATE = 0.01  # dollars per GPU second
 _interaction_ids = iter(range(1, 1_000_000))
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def store(tmp_path: Path, clock: Clock) -> AsyncIterator[JobStore]:
-    job_store = await JobStore.open(tmp_path / "jambot.db", now=clock)
-    yield job_store
-    await job_store.close()
 
 
 def new_job(

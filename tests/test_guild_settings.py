@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
@@ -29,18 +27,6 @@ from tests.clock import START, Clock
 
 DEFAULTS = BotDefaults(daily_budget_usd=0.0, daily_quota=20, cooldown_seconds=10, max_duration=30)
 _interaction_ids = iter(range(1, 1_000_000))
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def store(tmp_path: Path, clock: Clock) -> AsyncIterator[JobStore]:
-    job_store = await JobStore.open(tmp_path / "jambot.db", now=clock)
-    yield job_store
-    await job_store.close()
 
 
 def new_job(user_id: int = 42, guild_id: int | None = 7) -> NewJob:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -13,19 +11,6 @@ from hypothesis import strategies as st
 from bot.jobs import JobStore, Limits, NewJob, Refusal, format_duration
 from bot.jobs.limits import next_utc_midnight
 from tests.clock import START, Clock
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def store(tmp_path: Path, clock: Clock) -> AsyncIterator[JobStore]:
-    job_store = await JobStore.open(tmp_path / "jambot.db", now=clock)
-    yield job_store
-    await job_store.close()
-
 
 _interaction_ids = iter(range(1, 1_000_000))
 
