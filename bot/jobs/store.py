@@ -45,11 +45,11 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self, cast, get_args
+from typing import Any, Literal, Self, get_args
 
 import aiosqlite
 
@@ -188,41 +188,17 @@ class Job:
         status = row["status"]
         if status not in STATUSES:
             raise ValueError(f"job {row['id']} has an unknown status {status!r}")
-        return cls(
-            id=row["id"],
-            created_at=parse_timestamp(row["created_at"]),
-            updated_at=parse_timestamp(row["updated_at"]),
-            guild_id=row["guild_id"],
-            channel_id=row["channel_id"],
-            user_id=row["user_id"],
-            interaction_id=row["interaction_id"],
-            application_id=row["application_id"],
-            token=row["token"],
-            token_expires_at=parse_timestamp(row["token_expires_at"]),
-            message_id=row["message_id"],
-            request_json=row["request_json"],
-            status=cast(JobStatus, status),
-            prediction_id=row["prediction_id"],
-            attempts=row["attempts"],
-            seed=row["seed"],
-            started_at=_optional_time(row["started_at"]),
-            finished_at=_optional_time(row["finished_at"]),
-            predict_time=row["predict_time"],
-            cost_estimate=row["cost_estimate"],
-            error=row["error"],
-            error_detail=row["error_detail"],
-            delivered_message_id=row["delivered_message_id"],
-            delivered_channel_id=row["delivered_channel_id"],
-            delivered_at=_optional_time(row["delivered_at"]),
-            unfinished_runs=row["unfinished_runs"],
-            delivering_at=_optional_time(row["delivering_at"]),
-            action=row["action"],
-            parent_job_id=row["parent_job_id"],
-            extend_json=row["extend_json"],
-            expected_cost=row["expected_cost"],
-            model_version=row["model_version"],
-            duration_seconds=row["duration_seconds"],
-        )
+        values: dict[str, Any] = {f.name: row[f.name] for f in fields(cls)}
+        for name in _TIMES:
+            values[name] = parse_timestamp(values[name])
+        for name in _OPTIONAL_TIMES:
+            values[name] = _optional_time(values[name])
+        return cls(**values)
+
+
+# Job fields stored as timestamp text: always set, and maybe unset.
+_TIMES = ("created_at", "updated_at", "token_expires_at")
+_OPTIONAL_TIMES = ("started_at", "finished_at", "delivered_at", "delivering_at")
 
 
 @dataclass(frozen=True)
