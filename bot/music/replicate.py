@@ -8,7 +8,9 @@ it after an hour) and translates every third-party failure into `bot.music.error
 wraps any transport in a `RetryTransport` that silently retries GETs on 429/503/504, so only
 creates (POSTs, which it never retries) go through it, on a transport this module owns and
 closes. Polls and cancels use a plain httpx client on the documented routes; the download
-client carries no token, because output files live on another host.
+client carries no token, because output files live on another host. Every poll first takes
+a turn from the backend's `PollPacer`, so that many jobs in flight share the account's request
+budget instead of each polling at its own pace.
 
 Audio to continue goes in as a data URI when small, else through Replicate's file upload (free,
 so retried like a poll): never as an earlier prediction's output URL, which dies within the hour.
@@ -38,6 +40,7 @@ from replicate.exceptions import ReplicateError
 
 from bot.music import errors
 from bot.music.backend import CreatedCallback, Progress, ProgressCallback, Track
+from bot.music.pacing import PollPacer
 from bot.music.request import MusicRequest
 from bot.music.retry import RetryPolicy
 from bot.ops.metrics import NO_METRICS, JobMetrics, RequestKind
@@ -169,9 +172,11 @@ class ReplicateBackend:
         http_timeout: float = 30.0,
         upload_timeout: float = 120.0,
         metrics: JobMetrics = NO_METRICS,
+        pacer: PollPacer | None = None,
     ) -> None:
         self._model, _, self._version = model.partition(":")
         self._metrics = metrics
+        self._pacer = pacer or PollPacer()
         self._poll_interval = poll_interval
         self._timeout = timeout
         self._retry = retry or RetryPolicy()
@@ -456,29 +461,36 @@ class ReplicateBackend:
     async def _wait(
         self, prediction_id: str, started: float, on_progress: ProgressCallback | None
     ) -> PredictionState:
-        """Poll until a terminal status. A failed poll is retried as a poll, never a create."""
+        """Poll until a terminal status. A failed poll is retried as a poll, never a create.
+
+        Every poll waits for its turn from the backend's pacer, which keeps all predictions
+        in flight together within the account's request budget.
+        """
         loop = asyncio.get_running_loop()
         failures = 0
         processing_since: float | None = None
-        while True:
-            try:
-                state = await self._poll(prediction_id)
-                failures = 0
-            except errors.TransientError as exc:
-                failures += 1
-                await self._retry.sleep(self._poll_backoff(prediction_id, failures, exc))
-                continue
-            if state.status in TERMINAL:
-                self._metrics.prediction_finished(state.predict_time)
-                return _check_terminal(state)
-            now = loop.time()
-            if state.status == "processing" and processing_since is None:
-                processing_since = now
-            eta = _eta(state.percent, now - processing_since if processing_since else None)
-            if on_progress is not None:
-                progress = Progress(state.status, now - started, state.percent, eta, state.seed)
-                await on_progress(progress)
-            await self._retry.sleep(self._next_poll(eta))
+        eta: float | None = None
+        with self._pacer.polling() as ticket:
+            while True:
+                await self._pacer.turn(ticket, eta)
+                try:
+                    state = await self._poll(prediction_id)
+                    failures = 0
+                except errors.TransientError as exc:
+                    failures += 1
+                    await self._retry.sleep(self._poll_backoff(prediction_id, failures, exc))
+                    continue
+                if state.status in TERMINAL:
+                    self._metrics.prediction_finished(state.predict_time)
+                    return _check_terminal(state)
+                now = loop.time()
+                if state.status == "processing" and processing_since is None:
+                    processing_since = now
+                eta = _eta(state.percent, now - processing_since if processing_since else None)
+                if on_progress is not None:
+                    progress = Progress(state.status, now - started, state.percent, eta, state.seed)
+                    await on_progress(progress)
+                await self._retry.sleep(self._next_poll(eta))
 
     def _next_poll(self, eta: float | None) -> float:
         """Poll at the configured pace, faster as the logs say the end is near."""

@@ -1,0 +1,165 @@
+"""The poll pacer: the account's budget holds in any minute, no prediction starves, and light
+load polls exactly as before. Minutes of polling run in simulated time."""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import heapq
+import itertools
+
+import pytest
+
+from bot.music.pacing import POLL_BUDGET_PER_MINUTE, PollPacer
+from bot.music.request import MusicRequest
+from tests.conftest import make_backend
+from tests.fakes.replicate import FakeReplicate
+
+SETTLE_YIELDS = 50
+
+
+class VirtualTime:
+    """A clock and a `sleep` that jump straight to the next timer once every task waits."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._timers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, delay: float) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._timers, (self.now + max(delay, 0.0), next(self._seq), future))
+        await future
+
+    async def run_until(self, end: float) -> None:
+        while True:
+            # Let every runnable task run: each yield runs all callbacks ready at that moment,
+            # so a few dozen cover any chain of wake-ups one virtual instant can cause.
+            for _ in range(SETTLE_YIELDS):
+                await asyncio.sleep(0)
+            while self._timers and self._timers[0][2].done():  # cancelled sleeps
+                heapq.heappop(self._timers)
+            if not self._timers or self._timers[0][0] > end:
+                self.now = end
+                return
+            when, _, future = heapq.heappop(self._timers)
+            self.now = max(self.now, when)
+            future.set_result(None)
+
+
+def simulate(
+    count: int, seconds: float, interval: float = 0.5, eta: float | None = None
+) -> dict[int, list[float]]:
+    """`count` predictions polling through one pacer for `seconds`: each one's poll times."""
+    vt = VirtualTime()
+    pacer = PollPacer(clock=vt.clock, sleep=vt.sleep)
+    polls: dict[int, list[float]] = {n: [] for n in range(count)}
+
+    async def prediction(n: int) -> None:
+        with pacer.polling() as ticket:
+            while True:
+                await pacer.turn(ticket, eta)
+                polls[n].append(vt.now)
+                await vt.sleep(interval)
+
+    async def main() -> None:
+        tasks = [asyncio.create_task(prediction(n)) for n in range(count)]
+        await vt.run_until(seconds)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert pacer.in_flight == 0  # cancellation unregisters
+
+    asyncio.run(main())
+    return polls
+
+
+def busiest_minute(polls: dict[int, list[float]]) -> int:
+    """The most polls in any window [t, t + 60 s)."""
+    times = sorted(t for ts in polls.values() for t in ts)
+    return max((bisect.bisect_left(times, t + 60.0) - i for i, t in enumerate(times)), default=0)
+
+
+def longest_gap(times: list[float], end: float) -> float:
+    return max(b - a for a, b in itertools.pairwise([0.0, *times, end]))
+
+
+@pytest.mark.parametrize("count", [60, 200])
+def test_many_predictions_stay_within_the_budget_and_none_starves(count: int) -> None:
+    seconds = 150.0
+    polls = simulate(count, seconds)
+    assert busiest_minute(polls) <= POLL_BUDGET_PER_MINUTE
+    assert busiest_minute(polls) >= 0.95 * POLL_BUDGET_PER_MINUTE  # the budget is used
+    fair = count / ((POLL_BUDGET_PER_MINUTE - 10) / 60)
+    for times in polls.values():
+        assert longest_gap(times, seconds) <= 2 * fair + 0.5
+
+
+def test_near_the_end_the_budget_still_holds_and_none_starves() -> None:
+    """All of them claim to be about to finish and poll every 50 ms: the bucket decides."""
+    seconds = 130.0
+    polls = simulate(64, seconds, interval=0.05, eta=0.0)
+    assert busiest_minute(polls) <= POLL_BUDGET_PER_MINUTE
+    for times in polls.values():
+        assert longest_gap(times, seconds) <= 2 * 64 / 40 + 0.5
+
+
+@pytest.mark.parametrize("interval", [0.5, 0.05])
+def test_one_prediction_polls_at_its_own_interval(interval: float) -> None:
+    polls = simulate(1, 20.0, interval=interval, eta=0.1 if interval < 0.5 else None)
+    times = polls[0]
+    assert times[0] == 0.0
+    assert [round(b - a, 9) for a, b in itertools.pairwise(times)] == [interval] * (len(times) - 1)
+
+
+def test_two_predictions_poll_at_their_own_interval() -> None:
+    polls = simulate(2, 20.0, interval=0.5)
+    for times in polls.values():
+        assert {round(b - a, 9) for a, b in itertools.pairwise(times)} == {0.5}
+
+
+def test_a_prediction_about_to_finish_goes_first() -> None:
+    """With the budget shared by 100, one whose ETA is short is not held to the fair share."""
+    vt = VirtualTime()
+    pacer = PollPacer(clock=vt.clock, sleep=vt.sleep)
+    near_end: list[float] = []
+
+    async def main() -> None:
+        tickets = [pacer.polling() for _ in range(100)]
+        held = [ticket.__enter__() for ticket in tickets]
+        with pacer.polling() as ticket:
+            for _ in range(5):
+                await pacer.turn(ticket, eta=0.2)
+                near_end.append(vt.now)
+                await vt.sleep(0.05)
+        for context in tickets:
+            context.__exit__(None, None, None)
+        assert held and pacer.in_flight == 0
+
+    async def run() -> None:
+        task = asyncio.create_task(main())
+        await vt.run_until(10.0)
+        await task
+
+    asyncio.run(run())
+    assert len(near_end) == 5 and near_end[-1] <= 0.3  # not 2.5 s apart, as the floor would be
+
+
+async def test_ten_concurrent_generations_complete_with_one_create_each(
+    replicate_fake: FakeReplicate,
+) -> None:
+    backend = make_backend(replicate_fake)
+    try:
+        prompt = {"prompt": "warm lofi beat", "duration": 2}
+        tracks = await asyncio.gather(
+            *(backend.generate(MusicRequest.parse(prompt)) for _ in range(10))
+        )
+    finally:
+        await backend.aclose()
+    assert len({track.prediction_id for track in tracks}) == 10
+    assert len(replicate_fake.creates) == 10
+    assert all(track.data for track in tracks)
+    assert backend._pacer.in_flight == 0
