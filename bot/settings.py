@@ -48,8 +48,13 @@ class Settings(BaseSettings):
     max_download_bytes: int = Field(100 * 1024 * 1024, ge=1, le=GIB)
     discord_api_base_url: str = Field("https://discord.com/api/v10", pattern=HTTP_URL)
     discord_gateway_url: str = Field("wss://gateway.discord.gg", pattern=WEBSOCKET_URL)
-    database_url: str = Field("sqlite:///jambot.db", pattern=r"^sqlite:///.+")
-    max_concurrent_generations: int = Field(2, ge=1, le=64)
+    database_url: str = Field(
+        "sqlite:///jambot.db", pattern=r"^(sqlite:///.+|postgres(ql)?://\S+)$", repr=False
+    )
+    max_concurrent_generations: int = Field(2, ge=1, le=200)
+    job_lease_seconds: float = Field(30.0, ge=5, le=ONE_HOUR)
+    shard_count: int = Field(0, ge=0, le=4096)
+    shard_ids: str = Field("", pattern=r"^\s*(\d+\s*(,\s*\d+\s*)*)?$")
     user_cooldown_seconds: float = Field(10.0, ge=0, le=ONE_DAY)
     daily_quota_per_user: int = Field(20, ge=0, le=1_000_000)
     max_queued_per_user: int = Field(3, ge=1, le=10_000)
@@ -79,6 +84,28 @@ class Settings(BaseSettings):
         """The SQLite file named by DATABASE_URL (``sqlite:///jambot.db`` → ``jambot.db``)."""
         return self.database_url.removeprefix("sqlite:///")
 
+    @property
+    def uses_postgres(self) -> bool:
+        """Whether DATABASE_URL names a PostgreSQL server (else a SQLite file)."""
+        return not self.database_url.startswith("sqlite:///")
+
+    @property
+    def database_label(self) -> str:
+        """DATABASE_URL as it may be logged: the file, or the server without its password."""
+        if not self.uses_postgres:
+            return self.database_path
+        return redact_database_url(self.database_url)
+
+
+def redact_database_url(url: str) -> str:
+    """A database URL without its password (``postgresql://jam:***@db:5432/jambot``)."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at:
+        return url
+    user = credentials.partition(":")[0]
+    return f"{scheme}{sep}{user}:***@{host}" if ":" in credentials else url
+
 
 # What a well-formed value of each text setting looks like, in words: pydantic's own message
 # would show the regular expression.
@@ -87,7 +114,10 @@ _SHAPES = {
     "replicate_model": "must look like owner/name or owner/name:<64-hex version id>",
     "discord_api_base_url": "must be an http:// or https:// URL",
     "discord_gateway_url": "must be a ws:// or wss:// URL",
-    "database_url": "must look like sqlite:///path/to/jambot.db",
+    "database_url": (
+        "must look like sqlite:///path/to/jambot.db or postgresql://user:password@host:5432/db"
+    ),
+    "shard_ids": "must be a comma-separated list of shard numbers, such as 0,1",
     "log_level": "must be one of DEBUG, INFO, WARNING, ERROR",
     "log_format": "must be text or json",
     "metrics_host": "must be a host name or an IP address, such as 127.0.0.1",
