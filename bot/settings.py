@@ -6,7 +6,9 @@ of the public interface: operators script against them, so they never change sil
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from typing import Self
+
+from pydantic import Field, SecretStr, model_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -53,6 +55,7 @@ class Settings(BaseSettings):
     )
     max_concurrent_generations: int = Field(2, ge=1, le=200)
     job_lease_seconds: float = Field(30.0, ge=5, le=ONE_HOUR)
+    replicate_creates_per_minute: int = Field(540, ge=1, le=100_000)
     shard_count: int = Field(0, ge=0, le=4096)
     shard_ids: str = Field("", pattern=r"^\s*(\d+\s*(,\s*\d+\s*)*)?$")
     user_cooldown_seconds: float = Field(10.0, ge=0, le=ONE_DAY)
@@ -78,6 +81,36 @@ class Settings(BaseSettings):
                 value = value.get_secret_value()
             if not value:
                 raise ConfigError(f"{name} is not set: copy .env.example to .env and fill it in.")
+
+    @model_validator(mode="after")
+    def _shard_ids_fit_shard_count(self) -> Self:
+        """SHARD_IDS only means something as some of SHARD_COUNT's shards.
+
+        A ConfigError, not a ValueError: pydantic would turn a ValueError into a model-level
+        error, which `describe_setting_error` can only call "a setting is malformed" (it never
+        repeats a message that could quote a value). This sentence names the variables.
+        """
+        ids = self.shard_id_list
+        if ids is None:
+            return self
+        if not self.shard_count:
+            raise ConfigError(
+                "SHARD_IDS needs SHARD_COUNT (the total number of shards) to be set: "
+                "see .env.example."
+            )
+        if ids[-1] >= self.shard_count:
+            raise ConfigError(
+                f"SHARD_IDS must be shard numbers below SHARD_COUNT (0 to {self.shard_count - 1}): "
+                "see .env.example."
+            )
+        return self
+
+    @property
+    def shard_id_list(self) -> list[int] | None:
+        """SHARD_IDS as sorted shard numbers (``"1, 0"`` → ``[0, 1]``), or None when it is
+        empty: then this process holds all SHARD_COUNT shards."""
+        ids = sorted({int(part) for part in self.shard_ids.split(",") if part.strip()})
+        return ids or None
 
     @property
     def database_path(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import random
 import subprocess
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from bot.music.replicate import ReplicateBackend
 from bot.music.retry import RetryPolicy
 from tests.clock import Clock
 from tests.fakes.replicate import FakeReplicate
+from tests.pg import PostgresCluster, find_bindir
 
 
 @pytest.fixture
@@ -94,3 +96,28 @@ async def store(tmp_path: Path, clock: Clock) -> AsyncIterator[JobStore]:
     job_store = await JobStore.open(tmp_path / "jambot.db", now=clock)
     yield job_store
     await job_store.close()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PostgresCluster]:
+    """One throwaway PostgreSQL cluster on 127.0.0.1 for the whole session (tests/pg.py)."""
+    bindir = find_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL's server programs (initdb, pg_ctl) aren't installed")
+    cluster = PostgresCluster(bindir)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: PostgresCluster) -> Iterator[str]:
+    """The URL of a fresh, empty database of its own for this test; dropped afterwards."""
+    name = f"jambot_test_{uuid.uuid4().hex}"
+    url = pg_cluster.create_database(name)
+    try:
+        yield url
+    finally:
+        pg_cluster.drop_database(name)

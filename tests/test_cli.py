@@ -152,8 +152,9 @@ async def test_invalid_request_costs_nothing(replicate_fake: FakeReplicate, tmp_
             "jambot: MAX_ATTEMPTS must be a whole number between 1 and 10: ",
         ),
         (
-            {"REPLICATE_API_TOKEN": "r8_x", "DATABASE_URL": "postgres://db"},
-            "jambot: DATABASE_URL must look like sqlite:///path/to/jambot.db: ",
+            {"REPLICATE_API_TOKEN": "r8_x", "DATABASE_URL": "mysql://jam:pw@db/jambot"},
+            "jambot: DATABASE_URL must look like sqlite:///path/to/jambot.db or"
+            " postgresql://user:password@host:5432/db: ",
         ),
         (
             {"REPLICATE_API_TOKEN": "r8_x", "USER_COOLDOWN_SECONDS": "inf"},

@@ -78,7 +78,7 @@ NUMBERS = {
     "REPLICATE_POLL_INTERVAL": "a number greater than 0 and at most 30",
     "REPLICATE_COST_PER_SECOND": "a number between 0 and 1",
     "MAX_DOWNLOAD_BYTES": "a whole number between 1 and 1073741824",
-    "MAX_CONCURRENT_GENERATIONS": "a whole number between 1 and 64",
+    "MAX_CONCURRENT_GENERATIONS": "a whole number between 1 and 200",
     "USER_COOLDOWN_SECONDS": "a number between 0 and 86400",
     "DAILY_QUOTA_PER_USER": "a whole number between 0 and 1000000",
     "MAX_QUEUED_PER_USER": "a whole number between 1 and 10000",
@@ -90,6 +90,9 @@ NUMBERS = {
     "DAILY_BUDGET_USD": "a number between 0 and 1000000",
     "METRICS_PORT": "a whole number between 0 and 65535",
     "RETRY_BASE_DELAY_SECONDS": "a number between 0 and 60",
+    "JOB_LEASE_SECONDS": "a number between 5 and 3600",
+    "REPLICATE_CREATES_PER_MINUTE": "a whole number between 1 and 100000",
+    "SHARD_COUNT": "a whole number between 0 and 4096",
 }
 
 
@@ -128,7 +131,9 @@ TEXTS = {
     "REPLICATE_MODEL": "must look like owner/name or owner/name:<64-hex version id>",
     "DISCORD_API_BASE_URL": "must be an http:// or https:// URL",
     "DISCORD_GATEWAY_URL": "must be a ws:// or wss:// URL",
-    "DATABASE_URL": "must look like sqlite:///path/to/jambot.db",
+    "DATABASE_URL": (
+        "must look like sqlite:///path/to/jambot.db or postgresql://user:password@host:5432/db"
+    ),
     "LOG_LEVEL": "must be one of DEBUG, INFO, WARNING, ERROR",
     "LOG_FORMAT": "must be text or json",
     "METRICS_HOST": "must be a host name or an IP address, such as 127.0.0.1",

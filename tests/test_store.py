@@ -88,6 +88,7 @@ async def test_open_migrates_an_empty_file(store: JobStore, db_path: Path) -> No
         (3, "supervision", "2025-03-14T20:48:00.123456Z"),
         (4, "follow_ups", "2025-03-14T20:48:00.123456Z"),
         (5, "spend_and_guild_settings", "2025-03-14T20:48:00.123456Z"),
+        (6, "leases_and_turns", "2025-03-14T20:48:00.123456Z"),
     ]
     columns = {row[1] for row in read_rows(db_path, "PRAGMA table_info(jobs)")}
     assert columns == {f.name for f in fields(Job)}
@@ -114,7 +115,7 @@ async def test_reopening_does_not_reapply(db_path: Path, clock: Clock) -> None:
 
     async with aiosqlite.connect(db_path, isolation_level=None) as db:
         assert await migrate(db) == []
-        assert await current_version(db) == 5
+        assert await current_version(db) == 6
 
 
 async def test_migrates_a_v1_database_that_holds_jobs(db_path: Path, clock: Clock) -> None:
@@ -160,7 +161,7 @@ async def test_migrates_a_v1_database_that_holds_jobs(db_path: Path, clock: Cloc
     assert (queued.token, delivered.token) == ("tok-1", "")  # tokens of ended jobs erased
     assert (queued.unfinished_runs, queued.delivering_at) == (0, None)
     versions = [row[0] for row in read_rows(db_path, "SELECT version FROM schema_version")]
-    assert versions == [1, 2, 3, 4, 5]
+    assert versions == [1, 2, 3, 4, 5, 6]
 
 
 async def test_a_failing_migration_is_rolled_back_whole(db_path: Path) -> None:
@@ -195,6 +196,7 @@ def test_packaged_migrations_are_numbered_from_one() -> None:
         (3, "supervision"),
         (4, "follow_ups"),
         (5, "spend_and_guild_settings"),
+        (6, "leases_and_turns"),
     ]
 
 

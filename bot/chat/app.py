@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+from typing import Any
 
 import discord
 import yarl
@@ -56,7 +57,10 @@ class JamTree(app_commands.CommandTree["JamBot"]):
 
 
 class JamBot(commands.Bot):
-    """The bot: commands on a `JamTree`, and once `setup_hook` has run, its `services`."""
+    """The bot: commands on a `JamTree`, and once `setup_hook` has run, its `services`.
+
+    One gateway connection for every guild (SHARD_COUNT=0); `ShardedJamBot` holds shards.
+    """
 
     def __init__(self, settings: Settings, *, serve: bool = True) -> None:
         super().__init__(
@@ -65,6 +69,7 @@ class JamBot(commands.Bot):
             allowed_mentions=discord.AllowedMentions.none(),
             tree_cls=JamTree,
             help_command=None,
+            **self.gateway_options(settings),
         )
         self.settings = settings
         self.serve = serve  # False: only the command definitions, for `jambot sync`
@@ -73,12 +78,17 @@ class JamBot(commands.Bot):
         # nothing, and the tests read them without a server.
         self.metrics = Metrics(cost_per_second=settings.replicate_cost_per_second)
         self.acks = AckGate(self.metrics)
-        self.health = HealthCheck(self, settings.database_path, lambda: self._services)
+        self.health = HealthCheck(self, lambda: self._services)
         self._ops: OpsServer | None = None
         self._services: Services | None = None
         self.tree.add_command(build_music_command(self))
         self.tree.add_command(JamCommands(self))
         self.tree.add_command(AdminCommands(self))
+
+    @staticmethod
+    def gateway_options(settings: Settings) -> dict[str, Any]:
+        """discord.py's options for the gateway connection: none, one connection."""
+        return {}
 
     async def setup_hook(self) -> None:
         """Open what the bot needs before it takes commands, and resume unfinished jobs."""
@@ -103,7 +113,7 @@ class JamBot(commands.Bot):
         # the event loop for tens of milliseconds right when a burst of commands arrives.
         gc.collect()
         gc.freeze()
-        log.info("jambot ready to take /music (database %s)", settings.database_path)
+        log.info("jambot ready to take /music (database %s)", settings.database_label)
 
     async def _budget_use(self, guild_id: int | None) -> list[BudgetUse]:
         return await self.services.budget_use(guild_id)
@@ -129,6 +139,30 @@ class JamBot(commands.Bot):
         await super().close()
 
 
+class ShardedJamBot(JamBot, commands.AutoShardedBot):
+    """The bot holding SHARD_IDS of SHARD_COUNT shards (all of them without SHARD_IDS).
+
+    One gateway connection per shard; Discord sends each the events of its guilds (a guild's
+    shard is ``(guild_id >> 22) % SHARD_COUNT``, DMs go to shard 0). Several processes with
+    the same SHARD_COUNT and different SHARD_IDS share the bot's guilds between them.
+    SHARD_COUNT is always given: without it discord.py would ask Discord how many to run.
+    """
+
+    @staticmethod
+    def gateway_options(settings: Settings) -> dict[str, Any]:
+        return {"shard_count": settings.shard_count, "shard_ids": settings.shard_id_list}
+
+
+def describe_shards(settings: Settings) -> str:
+    """Which shards this process holds, in words, for the log line at start."""
+    if not settings.shard_count:
+        return "one connection for every guild (not sharded: SHARD_COUNT is 0)"
+    held = settings.shard_id_list or range(settings.shard_count)
+    numbers = ", ".join(str(shard) for shard in held)
+    noun = "shard" if len(held) == 1 else "shards"
+    return f"{noun} {numbers} of {settings.shard_count}"
+
+
 def point_discord_py_at(settings: Settings) -> None:
     """Aim discord.py's REST routes and gateway at the configured URLs (Discord by default)."""
     discord.http.Route.BASE = settings.discord_api_base_url.rstrip("/")
@@ -140,4 +174,8 @@ def create_bot(settings: Settings, *, serve: bool = True) -> JamBot:
     # jambot never joins voice: don't warn at every start that voice libraries are missing
     discord.VoiceClient.warn_nacl = False
     discord.VoiceClient.warn_dave = False
-    return JamBot(settings, serve=serve)
+    bot_class = ShardedJamBot if settings.shard_count else JamBot
+    bot = bot_class(settings, serve=serve)
+    if serve:
+        log.info("gateway: this process holds %s", describe_shards(settings))
+    return bot

@@ -40,14 +40,16 @@ class JamCommands(app_commands.Group):
 
     @app_commands.command(name="queue", description="What's waiting, and your place in line")
     async def queue(self, interaction: discord.Interaction) -> None:
-        scheduler = self.bot.services.scheduler
-        waiting = scheduler.waiting()
+        services = self.bot.services
+        # read from the store: the line and the running jobs of every process sharing it
+        waiting = await services.scheduler.line()
+        running = await services.store.running_count()
         mine = [
             f"`#{job.id}` is **{render.ordinal(place)}** in line"
             for place, job in enumerate(waiting, start=1)
             if job.user_id == interaction.user.id
         ]
-        summary = f"{scheduler.running_count} generating, {len(waiting)} waiting."
+        summary = f"{running} generating, {len(waiting)} waiting."
         text = summary + ("\n" + "\n".join(mine) if mine else "\nNone of them are yours.")
         await interaction.response.send_message(render.clip(text, 2000), ephemeral=True)
 

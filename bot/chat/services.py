@@ -40,7 +40,7 @@ class Services:
 
         The backend and the scheduler report to `metrics` (from the first resumed job on).
         """
-        store = await JobStore.open(settings.database_path, exclusive=True)
+        store = await JobStore.open(settings.database_url, exclusive=True)
         async with contextlib.AsyncExitStack() as undo:
             undo.push_async_callback(store.close)
             backend = ReplicateBackend.from_settings(settings, metrics)
@@ -68,6 +68,9 @@ class Services:
                 max_crashes=settings.max_job_crashes,
                 budgets=budgets,
                 metrics=metrics,
+                lease_seconds=settings.job_lease_seconds,
+                starts_per_minute=settings.replicate_creates_per_minute,
+                on_poll_share=backend.set_poll_share,
             )
             undo.push_async_callback(scheduler.close)
             await scheduler.start()

@@ -6,7 +6,8 @@ within each budget that applies: the server's (GUILD_DAILY_BUDGET_USD or its own
 the bot's (DAILY_BUDGET_USD). A DM job counts only against the bot's. Counting the jobs still
 in flight keeps a burst of commands from each seeing the same room and all getting in; the
 check and the insert run under one lock, so two members submitting at once can't both slip
-past (the store is one process's, see its ``exclusive`` open).
+past: a lock of this process, and on a shared store the budget's lock in every process
+(``Budgets.locks``, held by the scheduler through ``JobStore.admission``).
 
 The estimate learns from history: the GPU seconds per second of audio of the model's recent
 jobs, times REPLICATE_COST_PER_SECOND. Before a model has any history it assumes
@@ -80,6 +81,16 @@ class Budgets:
         self._bot_budget = bot_budget
         self._now = now
         self._lock = asyncio.Lock()
+
+    def locks(self, guild_id: int | None, guild_budget: float | None = None) -> list[str]:
+        """The names of the budgets a job here is checked against: while one process checks
+        and adds a job under a budget, no other process does (see ``JobStore.admission``)."""
+        names = []
+        if guild_id is not None and self._server_budget(guild_budget):
+            names.append(f"budget:guild:{guild_id}")
+        if self._bot_budget:
+            names.append("budget:bot")
+        return names
 
     async def estimate(self, model_version: str, duration_seconds: float) -> float:
         """Dollars a track of this model and length is expected to cost."""

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import re
-import sqlite3
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from bot.music.request import ModelVersion
+
+if TYPE_CHECKING:
+    from bot.jobs.database import Row
 
 MODELS: tuple[str, ...] = tuple(model.value for model in ModelVersion)
 MAX_BLOCKED_WORDS = 200
@@ -62,7 +64,7 @@ class GuildSettings:
     blocked_words: tuple[str, ...] = ()
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> GuildSettings:
+    def from_row(cls, row: Row) -> GuildSettings:
         models = row["allowed_models"]
         return cls(
             daily_budget_usd=row["daily_budget_usd"],

@@ -10,7 +10,17 @@ Invariants:
 - the dispatcher can't die: store errors are retried with a bounded backoff, a bug is logged
   and dispatching goes on; a full disk refuses new jobs with a sentence and `health()` says so;
 - a job that keeps taking the process down is failed instead of resumed again;
-- shutdown leaves running jobs `running` in the store, to be resumed by the next start.
+- shutdown leaves running jobs `running` in the store, to be resumed by the next start (or,
+  on a shared store, by another process at once: their leases end with the shutdown).
+
+The line lives in the store, not here, so that several processes sharing a PostgreSQL store
+keep one promise between them: a process claims the next job of the fair line only while
+fewer than `max_concurrent` run in all processes together (`JobStore.claim_next`), holds a
+lease on each job it runs and renews it every third of `lease_seconds`; a job whose lease
+expires (its process died) is taken over by another process and resumes its prediction. A
+process wakes to claim when the store says jobs changed (PostgreSQL's NOTIFY), and at the
+heartbeat as a safety net, never in a tight loop. One SQLite process is the same code with
+one member.
 """
 
 from __future__ import annotations
@@ -18,8 +28,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import functools
 import logging
+import os
+import secrets
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -28,7 +40,6 @@ from bot.jobs.budget import Budgets
 from bot.jobs.failures import CrashLoopFailure, InternalFailure, StorageFailure
 from bot.jobs.guild_settings import Rules
 from bot.jobs.limits import Limits, Refusal
-from bot.jobs.queue import FairQueue
 from bot.jobs.store import Job, JobStore, NewJob, StoreError
 from bot.music.backend import MusicBackend, Progress, Track
 from bot.music.errors import GenerationError, OutputError, TransientPredictionError
@@ -53,6 +64,7 @@ RECORD_PREDICTION_WITHIN = 20.0
 # How long start-up waits for a busy store before giving up (the process then exits).
 STARTUP_STORE_WITHIN = 60.0
 DEFAULT_MAX_CRASHES = 3
+DEFAULT_LEASE_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -127,8 +139,17 @@ class Scheduler:
         max_crashes: int = DEFAULT_MAX_CRASHES,
         budgets: Budgets | None = None,
         metrics: JobMetrics = NO_METRICS,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        starts_per_minute: int | None = None,
+        on_poll_share: Callable[[float], None] | None = None,
     ) -> None:
-        """`budgets` prices each job and holds it to the daily budgets (default: no caps)."""
+        """`budgets` prices each job and holds it to the daily budgets (default: no caps).
+
+        `max_concurrent` counts the jobs running in every process sharing the store;
+        `starts_per_minute` (None: no limit) bounds the jobs started, and so the predictions
+        created, in any minute by all of them; `on_poll_share` hears, at each heartbeat, this
+        process's share of the jobs running in all (its share of the account's polls).
+        """
         self._store = store
         self._backend = backend
         self._events = events
@@ -138,14 +159,21 @@ class Scheduler:
         self._max_crashes = max_crashes
         self._budgets = budgets or Budgets(store, cost_per_second=cost_per_second)
         self._metrics = metrics
-        self._queue = FairQueue()
-        self._waiting: dict[int, Job] = {}
+        self._lease_seconds = lease_seconds
+        self._starts_per_minute = starts_per_minute
+        self._on_poll_share = on_poll_share
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._accepted: dict[int, Job] = {}  # queued jobs this process shows the place of
+        self._line: list[Job] = []  # the whole line, as last read from the store
         self._running: dict[int, asyncio.Task[None]] = {}
+        self._launched_at: dict[int, float] = {}
+        self._lost: set[int] = set()  # jobs whose lease another process holds now
         self._tasks: set[asyncio.Task[None]] = set()
         self._wakeup = asyncio.Event()
         self._user_locks: dict[int, tuple[asyncio.Lock, list[int]]] = {}  # lock, users of it
         self._position_update: asyncio.Task[None] | None = None
         self._dispatcher: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
         self._closing = False
         self._shown_positions: dict[int, int] = {}
         self._store_trouble: StoreError | None = None
@@ -154,33 +182,44 @@ class Scheduler:
     # -- life cycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Resume what a previous process left: running jobs first, then the line in order."""
-        running = await self._persist(
-            "list running jobs", lambda: self._store.by_status("running"), STARTUP_STORE_WITHIN
+        """Resume what a stopped process left running, then serve the line.
+
+        On a store of its own (SQLite) every running job was left by an earlier process of
+        this one; on a shared one, only jobs whose lease expired are taken over now (the rest
+        belong to live processes, or will expire and be taken over at a heartbeat).
+        """
+        shared = self._store.shared
+        taken = await self._persist(
+            "take over running jobs",
+            lambda: self._store.take_over(self.owner, self._lease_seconds, expired_only=shared),
+            STARTUP_STORE_WITHIN,
         )
-        for job in running:
+        for job in taken:
             await self._resume(job)
-        queued = await self._persist(
-            "list queued jobs", lambda: self._store.by_status("queued"), STARTUP_STORE_WITHIN
-        )
-        for job in queued:
-            self._enqueue(job)
+        if not shared:  # the line's places were shown by the earlier process: go on showing
+            queued = await self._persist(
+                "list queued jobs", lambda: self._store.by_status("queued"), STARTUP_STORE_WITHIN
+            )
+            self._accepted.update((job.id, job) for job in queued)
+        self._store.database.add_listener(self._store_changed)
+        await self._store.database.start_listening()
         self._dispatcher = asyncio.create_task(self._dispatch(), name="jambot-dispatcher")
+        self._heartbeat = asyncio.create_task(self._beat(), name="jambot-heartbeat")
         self._wakeup.set()
         self._update_positions_soon()
 
     async def close(self) -> None:
         """Stop taking and starting work. Running jobs stay `running` in the store."""
         self._closing = True
-        interrupted = list(self._running)
-        background = (self._dispatcher, self._position_update, *self._tasks)
+        interrupted = [job_id for job_id in self._running if job_id not in self._lost]
+        background = (self._dispatcher, self._heartbeat, self._position_update, *self._tasks)
         tasks = [t for t in (*background, *self._running.values()) if t]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         try:  # these runs end cleanly: they don't count as crashes
             async with asyncio.timeout(2.0):
-                await self._store.release_runs(interrupted)
+                await self._store.release_runs(interrupted, owner=self.owner)
         except (StoreError, TimeoutError) as exc:
             log.warning("could not record a clean stop of jobs %s: %s", interrupted, exc)
 
@@ -192,15 +231,20 @@ class Scheduler:
         instead). `rules` are the server's (None: the bot's defaults)."""
         if self._closing:
             return Refusal("queue", None, "The bot is restarting; please try again in a minute.")
+        budget = rules.daily_budget_usd if rules is not None else None
+        locks = self._budgets.locks(new_job.guild_id, budget)
         try:
-            async with self._user_lock(new_job.user_id):  # check-then-add, one at a time
+            # check-then-add, one at a time per user: in this process, then in all of them
+            async with (
+                self._user_lock(new_job.user_id),
+                self._store.admission(new_job.user_id, *locks),
+            ):
                 refusal = await self._duplicate(new_job) or await self._limits.check(
                     new_job.user_id, rules
                 )
                 if refusal is not None:
                     return refusal
                 priced = await self._budgets.price(new_job)
-                budget = rules.daily_budget_usd if rules is not None else None
                 admitted = await self._budgets.admit(priced, self._store.add, guild_budget=budget)
                 if isinstance(admitted, Refusal):
                     return admitted
@@ -210,7 +254,8 @@ class Scheduler:
             log.error("refused a job: the store failed (%s)", exc.detail)
             return _storage_refusal(exc)
         self._note_store_ok()
-        self._enqueue(job)
+        self._accepted[job.id] = job
+        self._line.append(job)  # until the line is read again
         log.info("job %d: queued for user %d", job.id, job.user_id)
         self._wakeup.set()
         self._update_positions_soon()
@@ -226,14 +271,24 @@ class Scheduler:
         return Refusal("duplicate", None, "That track is already on its way: one click is enough.")
 
     def position(self, job_id: int) -> int | None:
-        return self._queue.positions().get(job_id)
+        """The job's place in line, as last read from the store (None: not waiting)."""
+        for place, job in enumerate(self._line, start=1):
+            if job.id == job_id:
+                return place
+        return None
 
     def waiting(self) -> list[Job]:
-        """The line, in the order jobs will start."""
-        return [self._waiting[job_id] for job_id in self._queue.order()]
+        """The line, in the order jobs will start, as last read from the store."""
+        return list(self._line)
+
+    async def line(self) -> list[Job]:
+        """The line as it is now, in all processes together."""
+        self._line = await self._store.line()
+        return list(self._line)
 
     @property
     def running_count(self) -> int:
+        """Jobs this process is generating or delivering."""
         return len(self._running)
 
     def health(self) -> Health:
@@ -248,12 +303,14 @@ class Scheduler:
     def footprint(self) -> dict[str, int]:
         """Entries kept per job or user: all bounded by the jobs and users active now."""
         return {
-            "waiting": len(self._waiting),
+            "waiting": len(self._accepted),
+            "line": len(self._line),
             "running": len(self._running),
+            "launched_at": len(self._launched_at),
+            "lost": len(self._lost),
             "shown_positions": len(self._shown_positions),
             "user_locks": len(self._user_locks),
             "background_tasks": len(self._tasks),
-            "queue_users": self._queue.tracked_users(),
         }
 
     async def cancel(self, job_id: int) -> CancelOutcome:
@@ -264,9 +321,9 @@ class Scheduler:
                 return await self._why_not_cancelled(job_id)
         except StoreError:
             return CancelOutcome.UNAVAILABLE
-        if self._queue.remove(job_id):
-            self._waiting.pop(job_id, None)
+        if self._accepted.pop(job_id, None) is not None or before.status == "queued":
             self._shown_positions.pop(job_id, None)
+            self._line = [job for job in self._line if job.id != job_id]
             self._update_positions_soon()
         task = self._running.get(job_id)
         if task is not None:
@@ -287,23 +344,21 @@ class Scheduler:
         return CancelOutcome.FINISHED
 
     async def _resume(self, job: Job) -> None:
-        """A job an earlier process left running: resume it, or give it up as a crash loop."""
-        if job.unfinished_runs >= self._max_crashes:
-            log.error(
-                "job %d: took the process down %d times; failing it", job.id, job.unfinished_runs
-            )
+        """A job another process left running, now leased to this one (the takeover counted
+        this run): resume it, or give it up as a crash loop."""
+        crashes = job.unfinished_runs - 1  # the runs before this one that never finished
+        if crashes >= self._max_crashes:
+            log.error("job %d: took the process down %d times; failing it", job.id, crashes)
             if job.prediction_id is not None:
                 await self._backend.cancel(job.prediction_id)
-            await self._fail(job, CrashLoopFailure(job.unfinished_runs))
+            await self._fail(job, CrashLoopFailure(crashes))
             return
         if job.prediction_id is None:  # it crashed before its prediction was made
             if await self._persist("requeue job", lambda: self._store.requeue(job.id)):
                 log.info("job %d: queued again (it stopped before its prediction was made)", job.id)
             return
-        resumed = await self._persist("resume job", lambda: self._store.resume(job.id))
-        if resumed is not None:
-            log.info("job %d: resuming prediction %s", job.id, job.prediction_id)
-            self._launch(resumed, resumed=True)
+        log.info("job %d: resuming prediction %s", job.id, job.prediction_id)
+        self._launch(job, resumed=True)
 
     async def _persist(
         self, what: str, operation: Callable[[], Awaitable[T]], within: float | None = None
@@ -353,12 +408,13 @@ class Scheduler:
             if holders[0] == 0:
                 del self._user_locks[user_id]
 
-    def _enqueue(self, job: Job) -> None:
-        self._queue.push(job.user_id, job.id)
-        self._waiting[job.id] = job
+    def _store_changed(self) -> None:
+        """A job was added, ended or released somewhere: maybe a job can start here now."""
+        self._wakeup.set()
+        self._update_positions_soon()
 
     async def _dispatch(self) -> None:
-        """Start waiting jobs whenever a slot frees. Nothing raised here stops it."""
+        """Start waiting jobs whenever a slot may have freed. Nothing raised here stops it."""
         while not self._closing:
             await self._wakeup.wait()
             self._wakeup.clear()
@@ -371,47 +427,105 @@ class Scheduler:
 
     async def _start_waiting_jobs(self) -> None:
         moved = False
-        while len(self._running) < self._max_concurrent and len(self._queue):
-            job_id = self._queue.peek()
-            assert job_id is not None
-            job = await self._persist("start job", functools.partial(self._store.start, job_id))
-            if not self._queue.take(job_id):
-                continue  # cancelled while the store was busy: the store refused the start
-            self._waiting.pop(job_id, None)
-            self._shown_positions.pop(job_id, None)
-            if job is not None:
-                log.info("job %d: started (attempt %d)", job.id, job.attempts)
-                self._launch(job, resumed=False)
+        while not self._closing:
+            job = await self._persist("start job", self._claim)
+            if job is None:
+                break
+            self._accepted.pop(job.id, None)
+            self._shown_positions.pop(job.id, None)
+            self._line = [waiting for waiting in self._line if waiting.id != job.id]
+            log.info("job %d: started (attempt %d)", job.id, job.attempts)
+            self._launch(job, resumed=False)
             moved = True
         if moved:
             self._update_positions_soon()
+
+    async def _claim(self) -> Job | None:
+        return await self._store.claim_next(
+            self.owner,
+            cap=self._max_concurrent,
+            lease_seconds=self._lease_seconds,
+            starts_per_minute=self._starts_per_minute,
+        )
+
+    async def _beat(self) -> None:
+        """Every third of a lease: renew this process's leases, notice the jobs it lost, take
+        over the jobs of processes that stopped renewing theirs, share out the polls, and
+        look at the line (in case a notification was missed). Nothing raised here stops it."""
+        interval = self._lease_seconds / 3
+        while not self._closing:
+            await asyncio.sleep(interval)
+            try:
+                await self._renew()
+                if self._store.shared:
+                    for job in await self._store.take_over(self.owner, self._lease_seconds):
+                        log.warning("job %d: taken over from a process that stopped", job.id)
+                        await self._resume(job)
+                if self._on_poll_share is not None:
+                    total = await self._store.running_count()
+                    # at least one job's worth: a job claimed next must not start at zero
+                    share = max(len(self._running), 1) / max(total, 1)
+                    self._on_poll_share(min(1.0, share))
+                self._note_store_ok()
+            except StoreError as exc:
+                self._note_store_trouble(exc)
+                log.warning("heartbeat: the store failed (%s)", exc.detail)
+            except Exception:
+                log.exception("heartbeat: unexpected failure; it goes on")
+            self._wakeup.set()
+
+    async def _renew(self) -> None:
+        """Renew the leases; a job launched before the renewal whose lease is gone was taken
+        over by another process (this one stalled past its lease) or ended elsewhere (a
+        cancel): stop working on it here, leaving its prediction alone."""
+        asked_at = asyncio.get_running_loop().time()
+        held = await self._store.renew_leases(self.owner, self._lease_seconds)
+        for job_id, task in list(self._running.items()):
+            if job_id in held or self._launched_at.get(job_id, asked_at) >= asked_at:
+                continue
+            if not task.done() and job_id not in self._lost:
+                log.warning("job %d: no longer leased to this process; leaving it", job_id)
+                self._lost.add(job_id)
+                task.cancel()
 
     def _update_positions_soon(self) -> None:
         if self._position_update is None and not self._closing:
             self._position_update = asyncio.create_task(self._update_positions())
 
     async def _update_positions(self) -> None:
-        """Show each waiting job its place: first time always, then when it moves within reach."""
+        """Show each waiting job accepted here its place: first time always, then when it
+        moves within reach. The line is read from the store (it spans every process)."""
         await asyncio.sleep(POSITION_UPDATE_DELAY)
         self._position_update = None
-        positions = self._queue.positions()
+        try:
+            line = await self.line()
+        except StoreError as exc:
+            log.warning("could not read the line to show places in it (%s)", exc.detail)
+            return
+        positions = {job.id: place for place, job in enumerate(line, start=1)}
+        for job_id in [j for j in self._accepted if j not in positions]:
+            del self._accepted[job_id]
         for job_id in [j for j in self._shown_positions if j not in positions]:
             del self._shown_positions[job_id]
-        for job_id, position in positions.items():
+        for job_id, job in self._accepted.items():
+            position = positions[job_id]
             shown = self._shown_positions.get(job_id)
             if shown == position or (shown is not None and position > POSITION_UPDATES_WITHIN):
                 continue
             self._shown_positions[job_id] = position
-            self._spawn(self._events.on_queued(self._waiting[job_id], position))
+            self._spawn(self._events.on_queued(job, position))
 
     def _launch(self, job: Job, *, resumed: bool) -> None:
         task = asyncio.create_task(self._run(job, resumed), name=f"jambot-job-{job.id}")
         self._running[job.id] = task
+        self._launched_at[job.id] = asyncio.get_running_loop().time()
         self.peak_running = max(self.peak_running, len(self._running))
         task.add_done_callback(lambda _: self._finished(job.id))
 
     def _finished(self, job_id: int) -> None:
         self._running.pop(job_id, None)
+        self._launched_at.pop(job_id, None)
+        self._lost.discard(job_id)
         if not self._closing:
             self._events.on_ended(job_id)
             self._wakeup.set()
@@ -429,6 +543,8 @@ class Scheduler:
             track = await self._generate(job, prediction)
             await self._deliver(job, track, resumed=resumed)
         except asyncio.CancelledError:
+            if job.id in self._lost:  # another process has it now: its prediction goes on
+                raise
             if not self._closing and prediction:  # the user cancelled: stop paying
                 await asyncio.shield(self._backend.cancel(prediction[-1]))
             raise
@@ -468,7 +584,7 @@ class Scheduler:
         try:
             recorded = await self._persist(
                 "record prediction",
-                lambda: self._store.set_prediction(job.id, prediction_id),
+                lambda: self._store.set_prediction(job.id, prediction_id, owner=self.owner),
                 RECORD_PREDICTION_WITHIN,
             )
         except StoreError:
@@ -511,7 +627,8 @@ class Scheduler:
 
         async def claim() -> bool:
             return await self._persist(
-                "record delivery intent", lambda: self._store.mark_delivering(job.id)
+                "record delivery intent",
+                lambda: self._store.mark_delivering(job.id, owner=self.owner),
             )
 
         try:

@@ -1,61 +1,76 @@
 """Durable job records: every accepted /music command, from ``queued`` to one terminal status.
 
-Storage is one SQLite file reached through aiosqlite rather than SQLAlchemy: it is a small
-dependency, it is async (the event loop never blocks on disk), and a community bot on a small
-VPS needs nothing more than one file. The SQL is kept plain and portable (``?`` placeholders,
-standard types, ``BEGIN IMMEDIATE`` as the only SQLite-specific statement) so that a Postgres
-backend can be added behind the same API later.
+The store runs on either engine of ``bot.jobs.database``: one SQLite file (the default: one
+process, nothing to run beside it) or one PostgreSQL database shared by several bot processes.
+Its SQL is the same for both (``?`` placeholders, standard types); what differs (locks,
+notifications, the driver's errors) lives in the engines.
 
 Guarantees:
 
 * Every change is committed before the method returns, so a process that restarts right after
-  (for example after ``set_prediction``) finds it on disk. The file runs in WAL mode with
-  ``synchronous=FULL``: a few writes per job are cheap, and a committed prediction id must
-  survive a power cut, or the prediction could be paid for twice.
+  (for example after ``set_prediction``) finds it. A committed prediction id must survive a
+  crash, or the prediction could be paid for twice.
 * Every status change is one transaction around a guarded ``UPDATE ... WHERE status IN (...)``,
   so a job reaches exactly one terminal status even when the delivery, a failure and a user's
-  cancel race each other, in this process or in another one sharing the file. The method
-  returns whether its transition happened.
-* Timestamps are stored as fixed-width ISO-8601 UTC text (see ``bot.clock``): readable
-  in the ``sqlite3`` shell, ordered as plain strings, and cast directly to ``TIMESTAMPTZ`` by
-  Postgres. In Python every datetime is timezone-aware UTC; naive ones are refused.
+  cancel race each other, in this process or in another one. The method returns whether its
+  transition happened.
+* The line is in the database, not in a process: :meth:`JobStore.claim_next` starts the next
+  job in the fair order (round-robin across users, in all processes together) only while fewer
+  than the cap are running in all processes together, one decision at a time (the
+  ``dispatch`` lock), and leases the job to the process that claimed it.
+* A running job is leased: its owner renews the lease while it lives
+  (:meth:`JobStore.renew_leases`); once the lease has expired, another process takes the job
+  over (:meth:`JobStore.take_over`) and resumes its prediction. A process that lost a job's
+  lease can no longer record a prediction for it or deliver it.
+* Timestamps are stored as fixed-width ISO-8601 UTC text (see ``bot.clock``): readable in
+  either shell and ordered as plain strings. In Python every datetime is timezone-aware UTC.
 * A job's life is logged once, at INFO, by the scheduler that drives it; the transitions
   here are logged at DEBUG only, so each event is one line in an ordinary log.
-* The interaction token is never logged and never shown in ``repr``; aiosqlite's own debug
-  records, which repeat each query's parameters, are dropped for the same reason. A job's token
-  is erased when the job ends, and the database files are created readable by their owner only.
-* SQLite's failures reach callers as ``StoreError``s that say what kind they are: busy (another
-  connection holds the write lock past the busy timeout: worth retrying), full (the disk or the
-  database's page limit), or broken. Callers never catch ``sqlite3`` exceptions.
-* A full disk must not strand the jobs already running: next to the database lies
-  ``<file>.reserve``, a few MiB of ballast. The first "disk full" deletes it, so the writes that
-  finish running jobs have room, while :meth:`add` refuses new jobs (StoreFullError) until the
-  ballast can be written again, that is until the operator has freed space.
-* ``open(..., exclusive=True)`` (what ``jambot run`` uses) holds an advisory lock on
-  ``<file>.lock`` for as long as the store is open, so a second bot process on the same file
-  refuses to start instead of resuming (and paying for) the same jobs twice.
+* The interaction token is never logged and never shown in ``repr``. A job's token is erased
+  when the job ends.
+* The engines' failures reach callers as ``StoreError``s that say what kind they are (busy,
+  unreachable, full, broken). Callers never catch a driver's exceptions.
 """
 
 from __future__ import annotations
 
-import asyncio
-import fcntl
 import logging
-import os
-import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, fields
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self, get_args
 
-import aiosqlite
-
 from bot.clock import format_timestamp, parse_timestamp, utc_now
+from bot.jobs.database import Database, Row
 from bot.jobs.guild_settings import GuildSettings
-from bot.jobs.migrate import migrate
+from bot.jobs.sqlite import DEFAULT_BUSY_TIMEOUT, SqliteDatabase
+from bot.jobs.store_errors import (
+    DatabaseInUseError,
+    StoreBusyError,
+    StoreError,
+    StoreFullError,
+    StoreUnreachableError,
+)
+
+__all__ = [
+    "ACTIVE",
+    "STATUSES",
+    "TERMINAL",
+    "Activity",
+    "DatabaseInUseError",
+    "Job",
+    "JobNotFound",
+    "JobStatus",
+    "JobStore",
+    "NewJob",
+    "StoreBusyError",
+    "StoreError",
+    "StoreFullError",
+    "StoreUnreachableError",
+]
 
 log = logging.getLogger(__name__)
 
@@ -64,62 +79,17 @@ STATUSES: frozenset[JobStatus] = frozenset(get_args(JobStatus))
 ACTIVE: frozenset[JobStatus] = frozenset({"queued", "running"})
 TERMINAL: frozenset[JobStatus] = frozenset({"delivered", "failed", "cancelled"})
 
-
-class _DropDebugRecords(logging.Filter):
-    """Drops aiosqlite's debug records: they repeat every query's parameters, tokens included."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno > logging.DEBUG
-
-
-_aiosqlite_log = logging.getLogger("aiosqlite")
-if not any(isinstance(f, _DropDebugRecords) for f in _aiosqlite_log.filters):
-    _aiosqlite_log.addFilter(_DropDebugRecords())
-
-DEFAULT_BUSY_TIMEOUT = 5.0
-"""Seconds a connection waits for another one's write lock before giving up."""
-
-OWNER_ONLY = 0o600
-RESERVE_BYTES = 4 * 1024 * 1024
-"""Ballast kept on the database's disk, given up when it fills (see the module docstring)."""
-
-
-class StoreError(Exception):
-    """The database could not do what was asked. ``kind`` says whether retrying may help."""
-
-    kind = "broken"
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
-
-
-class StoreBusyError(StoreError):
-    """Another connection (a ``sqlite3`` shell, a backup tool) held the write lock too long."""
-
-    kind = "busy"
-
-
-class StoreFullError(StoreError):
-    """The disk, or the database's size limit, is full: nothing new can be written."""
-
-    kind = "full"
-
-
-class DatabaseInUseError(StoreError):
-    """Another process has this database open with ``exclusive=True``."""
-
-    kind = "in use"
-
-
-def _translate(exc: sqlite3.Error) -> StoreError:
-    name = str(getattr(exc, "sqlite_errorname", "") or "")
-    text = str(exc)
-    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text or "busy" in text:
-        return StoreBusyError(f"database busy: {text}")
-    if name.startswith("SQLITE_FULL") or "is full" in text:
-        return StoreFullError(f"database full: {text}")
-    return StoreError(f"database error: {text}")
+# The fair order of the line: each user's waiting jobs numbered 1, 2, ... (their round); in
+# each round, users by their last turn (never served first), then by their first waiting job.
+_LINE_SQL = (
+    "WITH waiting AS (SELECT id, user_id, ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY id)"
+    " AS round FROM jobs WHERE status = 'queued'),"
+    " heads AS (SELECT user_id, MIN(id) AS first_id FROM waiting GROUP BY user_id),"
+    " turns AS (SELECT heads.user_id, heads.first_id, COALESCE((SELECT MAX(turn) FROM jobs"
+    " AS served WHERE served.user_id = heads.user_id), 0) AS last_turn FROM heads)"
+    " SELECT waiting.id FROM waiting JOIN turns ON turns.user_id = waiting.user_id"
+    " ORDER BY waiting.round, turns.last_turn, turns.first_id"
+)
 
 
 @dataclass(frozen=True)
@@ -176,6 +146,9 @@ class Job:
     expected_cost: float | None = None
     model_version: str | None = None
     duration_seconds: float | None = None
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    turn: int | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -183,7 +156,7 @@ class Job:
         return self.status in TERMINAL
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Job:
+    def from_row(cls, row: Row) -> Job:
         """Build a Job from a ``SELECT * FROM jobs`` row."""
         status = row["status"]
         if status not in STATUSES:
@@ -198,7 +171,13 @@ class Job:
 
 # Job fields stored as timestamp text: always set, and maybe unset.
 _TIMES = ("created_at", "updated_at", "token_expires_at")
-_OPTIONAL_TIMES = ("started_at", "finished_at", "delivered_at", "delivering_at")
+_OPTIONAL_TIMES = (
+    "started_at",
+    "finished_at",
+    "delivered_at",
+    "delivering_at",
+    "lease_expires_at",
+)
 
 
 @dataclass(frozen=True)
@@ -244,62 +223,47 @@ _ACTIVE_SQL = "('queued', 'running')"
 
 
 class JobStore:
-    """Async access to the jobs table. Build one with ``await JobStore.open(path)``.
+    """Async access to the jobs. Build one with ``await JobStore.open(path_or_url)``."""
 
-    One connection per store; calls are serialized on it, which also keeps one caller's
-    transaction from seeing another's uncommitted writes. Other stores (or processes) on the
-    same file are kept consistent by SQLite's locking.
-    """
-
-    def __init__(
-        self,
-        db: aiosqlite.Connection,
-        *,
-        now: Callable[[], datetime] = utc_now,
-        lock_fd: int | None = None,
-        path: Path | None = None,
-    ) -> None:
-        """Wrap an open, migrated connection; use :meth:`open` instead."""
-        self._db: aiosqlite.Connection | None = db
+    def __init__(self, db: Database, *, now: Callable[[], datetime] = utc_now) -> None:
+        """Wrap an open, migrated database; use :meth:`open` instead."""
+        self._db = db
         self._now = now
-        self._lock = asyncio.Lock()
-        self._lock_fd = lock_fd
-        self._reserve = _reserve_path(path) if path and path.name != ":memory:" else None
-        self._full = False
 
     @classmethod
     async def open(
         cls,
-        path: str | Path,
+        target: str | Path,
         *,
         now: Callable[[], datetime] = utc_now,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
         exclusive: bool = False,
+        pool_size: int | None = None,
     ) -> JobStore:
-        """Open (creating it and its folder if needed) and migrate the database at `path`.
+        """Open and migrate the database at `target`: a SQLite file (a path, or
+        ``sqlite:///path``; created with its folder if needed) or a ``postgresql://`` URL.
 
         `now` is the clock used for every timestamp; tests inject a fixed one. With
-        `exclusive`, raise DatabaseInUseError if another process holds the file that way.
-        Other failures to open or migrate raise StoreError.
+        `exclusive` (SQLite only), raise DatabaseInUseError if another process holds the file
+        that way. Other failures to open or migrate raise StoreError.
         """
-        path = Path(path)
-        lock_fd = await asyncio.to_thread(_prepare_files, path, exclusive)
-        try:
-            db = await _connect(path, busy_timeout, now)
-        except BaseException:
-            _unlock(lock_fd)
-            raise
-        log.debug("Opened job database %s", path)
-        return cls(db, now=now, lock_fd=lock_fd, path=path)
+        text = str(target)
+        if text.startswith(("postgresql://", "postgres://")):
+            from bot.jobs.postgres import POOL_SIZE, PostgresDatabase
+
+            db: Database = await PostgresDatabase.open(
+                text, now=now, pool_size=pool_size or POOL_SIZE
+            )
+        else:
+            path = text.removeprefix("sqlite:///") if isinstance(target, str) else target
+            db = await SqliteDatabase.open(
+                path, now=now, busy_timeout=busy_timeout, exclusive=exclusive
+            )
+        return cls(db, now=now)
 
     async def close(self) -> None:
-        """Close the connection (and release the process lock). Safe to call twice."""
-        db, self._db = self._db, None
-        if db is not None:
-            async with self._lock:
-                await db.close()
-        lock_fd, self._lock_fd = self._lock_fd, None
-        _unlock(lock_fd)
+        """Close the database (and release the process lock). Safe to call twice."""
+        await self._db.close()
 
     async def __aenter__(self) -> Self:
         return self
@@ -312,28 +276,45 @@ class JobStore:
     ) -> None:
         await self.close()
 
-    # -- creating and reading -------------------------------------------------------------
+    @property
+    def database(self) -> Database:
+        """The engine under the store (for health checks and notifications)."""
+        return self._db
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes may run jobs from this store at the same time."""
+        return self._db.shared
 
     @property
     def full(self) -> bool:
         """Whether the disk filled up and new jobs are refused until space is freed."""
-        return self._full
+        return self._db.full
+
+    def admission(self, user_id: int, *locks: str) -> AbstractAsyncContextManager[None]:
+        """Hold the user's lock (and `locks`, such as the budgets') in every process while the
+        calling task checks the user's limits and adds the job: two commands of one user, in
+        two processes, can't both slip past a limit. The task's reads and writes in between
+        go through the lock's connection and commit together."""
+        return self._db.session(f"user:{user_id}", *locks)
+
+    # -- creating and reading -------------------------------------------------------------
 
     async def add(self, job: NewJob) -> Job:
         """Store a new job with status ``queued`` and return it as stored.
 
-        Raises StoreFullError while the disk is full (see the module docstring).
+        Raises StoreFullError while the disk is full.
         """
-        if self._full:
-            await self._try_to_recover_space()
+        await self._db.check_room()
         now = self._timestamp()
-        async with self._write() as db:
-            async with db.execute(
+        async with self._db.write(notify=True) as tx:
+            rows = await tx.fetch(
                 "INSERT INTO jobs (created_at, updated_at, guild_id, channel_id, user_id,"
                 " interaction_id, application_id, token, token_expires_at, message_id,"
                 " request_json, status, attempts, action, parent_job_id, extend_json,"
                 " expected_cost, model_version, duration_seconds)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?, ?, ?)"
+                " RETURNING *",
                 (
                     now,
                     now,
@@ -353,19 +334,16 @@ class JobStore:
                     job.model_version,
                     job.duration_seconds,
                 ),
-            ) as cursor:
-                job_id = cursor.lastrowid
-            if job_id is None:
-                raise RuntimeError("the database did not return the new job's id")
-            stored = await self._select(db, job_id)
-        if stored is None:
-            raise RuntimeError(f"job {job_id} vanished right after it was added")
+            )
+        if not rows:
+            raise RuntimeError("the database did not return the new job")
+        stored = Job.from_row(rows[0])
         log.debug("Job %d queued for user %d", stored.id, stored.user_id)
         return stored
 
     async def get(self, job_id: int) -> Job | None:
         """The job with this id, or None."""
-        rows = await self._read("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        rows = await self._db.read("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return Job.from_row(rows[0]) if rows else None
 
     async def by_status(self, *statuses: str) -> list[Job]:
@@ -375,17 +353,35 @@ class JobStore:
             raise ValueError(f"unknown job status: {', '.join(sorted(unknown))}")
         if not statuses:
             return []
-        rows = await self._read(
+        rows = await self._db.read(
             f"SELECT * FROM jobs WHERE status IN ({_placeholders(len(statuses))}) ORDER BY id",
             statuses,
         )
         return [Job.from_row(row) for row in rows]
 
+    async def line(self) -> list[Job]:
+        """Every queued job, in the order they will start (barring new arrivals)."""
+        rows = await self._db.read(
+            f"SELECT jobs.* FROM ({_LINE_SQL_NUMBERED}) AS line JOIN jobs ON jobs.id = line.id"
+            " ORDER BY line.place"
+        )
+        return [Job.from_row(row) for row in rows]
+
+    async def schema_version(self) -> int:
+        """The newest migration applied to the database."""
+        rows = await self._db.read("SELECT MAX(version) FROM schema_version")
+        return int(rows[0][0] or 0)
+
+    async def running_count(self) -> int:
+        """Jobs running in all processes together."""
+        rows = await self._db.read("SELECT COUNT(*) FROM jobs WHERE status = 'running'")
+        return int(rows[0][0])
+
     async def recent_for_user(self, user_id: int, limit: int = 10) -> list[Job]:
         """The user's `limit` most recently submitted jobs, newest first."""
         if limit < 0:
             raise ValueError("limit must not be negative")
-        rows = await self._read(
+        rows = await self._db.read(
             "SELECT * FROM jobs WHERE user_id = ? ORDER BY created_at DESC, id DESC LIMIT ?",
             (user_id, limit),
         )
@@ -402,7 +398,7 @@ class JobStore:
         even one requeued and then cancelled, counts.)
         """
         in_guild = "" if guild_id is None else " AND guild_id = ?"
-        rows = await self._read(
+        rows = await self._db.read(
             "SELECT COUNT(*) FROM jobs WHERE user_id = ? AND created_at >= ?"
             f" AND NOT (status = 'cancelled' AND attempts = 0){in_guild}",
             (user_id, format_timestamp(since), *([] if guild_id is None else [guild_id])),
@@ -411,13 +407,13 @@ class JobStore:
 
     async def last_submitted_at(self, user_id: int) -> datetime | None:
         """When the user's newest job was submitted (any status), or None if never."""
-        rows = await self._read("SELECT MAX(created_at) FROM jobs WHERE user_id = ?", (user_id,))
+        rows = await self._db.read("SELECT MAX(created_at) FROM jobs WHERE user_id = ?", (user_id,))
         return _optional_time(rows[0][0])
 
     async def has_active_follow_up(self, user_id: int, parent_job_id: int, action: str) -> bool:
         """Whether the user already has a queued or running `action` job made from this parent
         (a second click of the same button then makes nothing)."""
-        rows = await self._read(
+        rows = await self._db.read(
             "SELECT 1 FROM jobs WHERE user_id = ? AND parent_job_id = ? AND action = ?"
             f" AND status IN {_ACTIVE_SQL} LIMIT 1",
             (user_id, parent_job_id, action),
@@ -426,7 +422,7 @@ class JobStore:
 
     async def active_count_for_user(self, user_id: int) -> int:
         """How many of the user's jobs are queued or running."""
-        rows = await self._read(
+        rows = await self._db.read(
             f"SELECT COUNT(*) FROM jobs WHERE user_id = ? AND status IN {_ACTIVE_SQL}",
             (user_id,),
         )
@@ -437,13 +433,13 @@ class JobStore:
     async def gpu_seconds_per_audio_second(self, model_version: str, *, last: int) -> float | None:
         """GPU seconds each second of audio took, over the model's `last` jobs that reported a
         predict time; None before there are any."""
-        rows = await self._read(
+        rows = await self._db.read(
             "SELECT SUM(predict_time), SUM(duration_seconds) FROM (SELECT predict_time,"
             " duration_seconds FROM jobs WHERE model_version = ? AND predict_time IS NOT NULL"
             " AND duration_seconds > 0 ORDER BY id DESC LIMIT ?) AS recent",
             (model_version, last),
         )
-        gpu, audio = rows[0]
+        gpu, audio = rows[0][0], rows[0][1]
         return float(gpu) / float(audio) if gpu is not None and audio else None
 
     async def committed_spend(self, since: datetime, *, guild_id: int | None = None) -> float:
@@ -451,7 +447,7 @@ class JobStore:
         expected of the jobs queued or running (their cost once recorded, else the estimate).
         With `guild_id`, only that server's jobs; else every job, DMs included."""
         in_guild = "" if guild_id is None else " AND guild_id = ?"
-        rows = await self._read(
+        rows = await self._db.read(
             f"SELECT SUM(CASE WHEN status IN {_ACTIVE_SQL}"
             " THEN COALESCE(cost_estimate, expected_cost, 0) ELSE COALESCE(cost_estimate, 0) END)"
             f" FROM jobs WHERE (status IN {_ACTIVE_SQL} OR finished_at >= ?){in_guild}",
@@ -461,18 +457,18 @@ class JobStore:
 
     async def guild_activity(self, guild_id: int, since: datetime) -> Activity:
         """Tracks delivered, jobs failed and dollars spent in a server since `since`."""
-        rows = await self._read(
+        rows = await self._db.read(
             "SELECT SUM(CASE WHEN status = 'delivered' THEN 1 ELSE 0 END),"
             " SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END), SUM(COALESCE(cost_estimate, 0))"
             " FROM jobs WHERE guild_id = ? AND finished_at >= ?",
             (guild_id, format_timestamp(since)),
         )
-        tracks, failures, spend = rows[0]
+        tracks, failures, spend = rows[0][0], rows[0][1], rows[0][2]
         return Activity(int(tracks or 0), int(failures or 0), float(spend or 0.0))
 
     async def delivery_seconds(self, guild_id: int, since: datetime) -> list[float]:
         """Seconds from command to delivered track, for a server's tracks delivered since."""
-        rows = await self._read(
+        rows = await self._db.read(
             "SELECT created_at, delivered_at FROM jobs WHERE guild_id = ? AND finished_at >= ?"
             " AND status = 'delivered' AND delivered_at IS NOT NULL",
             (guild_id, format_timestamp(since)),
@@ -483,7 +479,7 @@ class JobStore:
         self, guild_id: int, since: datetime, limit: int
     ) -> list[tuple[int, int]]:
         """(user id, tracks delivered) of a server's most active members since `since`."""
-        rows = await self._read(
+        rows = await self._db.read(
             "SELECT user_id, COUNT(*) AS tracks FROM jobs WHERE guild_id = ? AND finished_at >= ?"
             " AND status = 'delivered' GROUP BY user_id ORDER BY tracks DESC, user_id LIMIT ?",
             (guild_id, format_timestamp(since), limit),
@@ -492,13 +488,13 @@ class JobStore:
 
     async def guild_settings(self, guild_id: int) -> GuildSettings | None:
         """What the server changed with /jamadmin config, or None if nothing."""
-        rows = await self._read("SELECT * FROM guild_settings WHERE guild_id = ?", (guild_id,))
+        rows = await self._db.read("SELECT * FROM guild_settings WHERE guild_id = ?", (guild_id,))
         return GuildSettings.from_row(rows[0]) if rows else None
 
     async def save_guild_settings(self, guild_id: int, settings: GuildSettings, *, by: int) -> None:
         """Store the server's settings (all of them), recording who changed them."""
-        async with self._write() as db:
-            await db.execute(
+        async with self._db.write() as tx:
+            await tx.execute(
                 "INSERT INTO guild_settings (guild_id, daily_budget_usd, daily_quota,"
                 " cooldown_seconds, max_duration, allowed_models, blocked_words, updated_at,"
                 " updated_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (guild_id) DO UPDATE"
@@ -514,32 +510,34 @@ class JobStore:
 
     async def set_message_id(self, job_id: int, message_id: int) -> None:
         """Record the placeholder message's id. Raises JobNotFound for an unknown id."""
-        async with self._write() as db:
-            changed = await self._update(
-                db,
+        async with self._db.write() as tx:
+            changed = await tx.execute(
                 "UPDATE jobs SET message_id = ?, updated_at = ? WHERE id = ?",
                 (message_id, self._timestamp(), job_id),
             )
         if not changed:
             raise JobNotFound(job_id)
 
-    async def set_prediction(self, job_id: int, prediction_id: str) -> bool:
+    async def set_prediction(
+        self, job_id: int, prediction_id: str, *, owner: str | None = None
+    ) -> bool:
         """Record the Replicate prediction id of a running job, committed before returning.
 
         Returns False, recording nothing, if the job is no longer running (it was cancelled or
-        failed meanwhile): the caller then cancels that prediction itself.
+        failed meanwhile) or, with `owner`, no longer leased to that process (another one took
+        it over): the caller then cancels that prediction itself.
         """
-        async with self._write() as db:
-            changed = await self._update(
-                db,
-                "UPDATE jobs SET prediction_id = ?, updated_at = ? WHERE id = ? AND status = ?",
-                (prediction_id, self._timestamp(), job_id, "running"),
+        async with self._db.write() as tx:
+            changed = await tx.execute(
+                "UPDATE jobs SET prediction_id = ?, updated_at = ? WHERE id = ? AND status = ?"
+                + _OWNED,
+                (prediction_id, self._timestamp(), job_id, "running", owner, owner),
             )
         if changed:
             log.debug("Job %d: prediction %s", job_id, prediction_id)
         else:
             log.debug("Job %d is not running; prediction %s not recorded", job_id, prediction_id)
-        return changed
+        return changed == 1
 
     async def record_result(
         self,
@@ -553,9 +551,8 @@ class JobStore:
 
         Raises JobNotFound for an unknown id.
         """
-        async with self._write() as db:
-            changed = await self._update(
-                db,
+        async with self._db.write() as tx:
+            changed = await tx.execute(
                 "UPDATE jobs SET seed = ?, predict_time = ?, cost_estimate = ?, updated_at = ?"
                 " WHERE id = ?",
                 (seed, predict_time, cost_estimate, self._timestamp(), job_id),
@@ -563,97 +560,192 @@ class JobStore:
         if not changed:
             raise JobNotFound(job_id)
 
-    # -- status transitions ---------------------------------------------------------------
+    # -- the line, leases and takeovers -------------------------------------------------
+
+    async def claim_next(
+        self,
+        owner: str,
+        *,
+        cap: int,
+        lease_seconds: float,
+        starts_per_minute: int | None = None,
+    ) -> Job | None:
+        """Start the next job of the line for `owner`, if fewer than `cap` jobs are running
+        in all processes and (with `starts_per_minute`) fewer than that many started in the
+        last 60 s. One decision at a time across processes (the ``dispatch`` lock).
+
+        queued → running: counts an attempt and an unfinished run, sets ``started_at``, the
+        user's turn, and the lease. Returns the job as it now is, or None.
+        """
+        now = self._now()
+        stamp = format_timestamp(now)
+        # A read first (it takes no lock): most wake-ups find a full cap or an empty line.
+        rows = await self._db.read(
+            "SELECT (SELECT COUNT(*) FROM jobs WHERE status = 'running'),"
+            " EXISTS (SELECT 1 FROM jobs WHERE status = 'queued')"
+        )
+        if int(rows[0][0]) >= cap or not rows[0][1]:
+            return None
+        async with self._db.write(locks=("dispatch",)) as tx:
+            rows = await tx.fetch("SELECT COUNT(*) FROM jobs WHERE status = 'running'")
+            if int(rows[0][0]) >= cap:
+                return None
+            if starts_per_minute is not None:
+                since = format_timestamp(now - timedelta(minutes=1))
+                rows = await tx.fetch("SELECT COUNT(*) FROM jobs WHERE started_at > ?", (since,))
+                if int(rows[0][0]) >= starts_per_minute:
+                    return None
+            rows = await tx.fetch(f"{_LINE_SQL} LIMIT 1")
+            if not rows:
+                return None
+            rows = await tx.fetch(
+                "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?,"
+                " unfinished_runs = unfinished_runs + 1, lease_owner = ?, lease_expires_at = ?,"
+                " turn = (SELECT COALESCE(MAX(turn), 0) + 1 FROM jobs), updated_at = ?"
+                " WHERE id = ? AND status = 'queued' RETURNING *",
+                (
+                    stamp,
+                    owner,
+                    format_timestamp(now + timedelta(seconds=lease_seconds)),
+                    stamp,
+                    rows[0][0],
+                ),
+            )
+        if not rows:
+            return None
+        job = Job.from_row(rows[0])
+        log.debug("Job %d started (attempt %d) by %s", job.id, job.attempts, owner)
+        return job
 
     async def start(self, job_id: int) -> Job | None:
-        """queued → running: count an attempt and set ``started_at`` (the latest attempt's).
-
-        Also counts a run that has not finished (see :meth:`resume`). Returns the job as it now
-        is, or None if it was not queued.
-        """
+        """queued → running for this very job (outside the line's order and the cap): counts
+        an attempt and an unfinished run and sets ``started_at``. Returns the job as it now
+        is, or None if it was not queued."""
         now = self._timestamp()
-        async with self._write() as db:
-            changed = await self._update(
-                db,
+        async with self._db.write() as tx:
+            rows = await tx.fetch(
                 "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?,"
                 " unfinished_runs = unfinished_runs + 1,"
-                " updated_at = ? WHERE id = ? AND status = 'queued'",
+                " turn = (SELECT COALESCE(MAX(turn), 0) + 1 FROM jobs),"
+                " updated_at = ? WHERE id = ? AND status = 'queued' RETURNING *",
                 (now, now, job_id),
             )
-            job = await self._select(db, job_id) if changed else None
+        job = Job.from_row(rows[0]) if rows else None
         if job is not None:
             log.debug("Job %d started (attempt %d)", job.id, job.attempts)
         return job
 
+    async def renew_leases(self, owner: str, lease_seconds: float) -> set[int]:
+        """Extend every lease `owner` holds; the ids of the running jobs it still holds."""
+        until = format_timestamp(self._now() + timedelta(seconds=lease_seconds))
+        async with self._db.write() as tx:
+            rows = await tx.fetch(
+                "UPDATE jobs SET lease_expires_at = ? WHERE status = 'running'"
+                " AND lease_owner = ? RETURNING id",
+                (until, owner),
+            )
+        return {int(row[0]) for row in rows}
+
+    async def take_over(
+        self, owner: str, lease_seconds: float, *, expired_only: bool = True
+    ) -> list[Job]:
+        """Lease to `owner` the running jobs whose lease has expired (a process that died or
+        stopped; without `expired_only`, every running job: for a start on a database no
+        other process uses). Each counts one more unfinished run (see :meth:`resume`).
+        Returns them as they now are, oldest first."""
+        now = self._now()
+        expired = " AND (lease_expires_at IS NULL OR lease_expires_at <= ?)" if expired_only else ""
+        async with self._db.write(locks=("takeover",)) as tx:
+            rows = await tx.fetch(
+                "UPDATE jobs SET lease_owner = ?, lease_expires_at = ?,"
+                " unfinished_runs = unfinished_runs + 1, updated_at = ?"
+                f" WHERE status = 'running'{expired} RETURNING *",
+                (
+                    owner,
+                    format_timestamp(now + timedelta(seconds=lease_seconds)),
+                    format_timestamp(now),
+                    *([format_timestamp(now)] if expired_only else []),
+                ),
+            )
+        return sorted((Job.from_row(row) for row in rows), key=lambda job: job.id)
+
+    # -- status transitions ---------------------------------------------------------------
+
     async def resume(self, job_id: int) -> Job | None:
         """Count one more run of a job left ``running`` by an earlier process.
 
-        ``unfinished_runs`` goes up at every start and resume and down again only when a
-        process shuts down cleanly (:meth:`release_runs`), so it counts the runs that ended in
-        a crash. Returns the job as it now is, or None if it is not running.
+        ``unfinished_runs`` goes up at every start, resume and takeover and down again only
+        when a process shuts down cleanly (:meth:`release_runs`), so it counts the runs that
+        ended in a crash. Returns the job as it now is, or None if it is not running.
         """
-        async with self._write() as db:
-            changed = await self._update(
-                db,
+        async with self._db.write() as tx:
+            rows = await tx.fetch(
                 "UPDATE jobs SET unfinished_runs = unfinished_runs + 1, updated_at = ?"
-                " WHERE id = ? AND status = 'running'",
+                " WHERE id = ? AND status = 'running' RETURNING *",
                 (self._timestamp(), job_id),
             )
-            return await self._select(db, job_id) if changed else None
+        return Job.from_row(rows[0]) if rows else None
 
-    async def release_runs(self, job_ids: Iterable[int]) -> None:
-        """A clean shutdown: these running jobs' current runs did not crash."""
+    async def release_runs(self, job_ids: Iterable[int], *, owner: str | None = None) -> None:
+        """A clean shutdown: these running jobs' current runs did not crash, and (with
+        `owner`) their leases end now, so another process may take them over at once."""
         ids = list(job_ids)
         if not ids:
             return
-        async with self._write() as db:
-            await db.execute(
+        async with self._db.write(notify=True) as tx:
+            await tx.execute(
                 "UPDATE jobs SET unfinished_runs = unfinished_runs - 1"
                 f" WHERE id IN ({_placeholders(len(ids))}) AND status = 'running'"
                 " AND unfinished_runs > 0",
                 ids,
             )
+            if owner is not None:
+                await tx.execute(
+                    "UPDATE jobs SET lease_expires_at = ?"
+                    f" WHERE id IN ({_placeholders(len(ids))}) AND status = 'running'"
+                    " AND lease_owner = ?",
+                    (self._timestamp(), *ids, owner),
+                )
 
-    async def mark_delivering(self, job_id: int) -> bool:
+    async def mark_delivering(self, job_id: int, *, owner: str | None = None) -> bool:
         """Record the intent to post a running job's track, before posting it.
 
-        False if the job is no longer running (cancelled meanwhile: don't post). Once marked,
-        a cancel is refused (the track is on its way) and stays so; marking again is harmless.
+        False if the job is no longer running (cancelled meanwhile: don't post) or, with
+        `owner`, no longer leased to that process. Once marked, a cancel is refused (the track
+        is on its way) and stays so; marking again is harmless.
         """
-        async with self._write() as db:
-            return await self._update(
-                db,
+        async with self._db.write() as tx:
+            changed = await tx.execute(
                 "UPDATE jobs SET delivering_at = COALESCE(delivering_at, ?), updated_at = ?"
-                " WHERE id = ? AND status = 'running'",
-                (self._timestamp(), self._timestamp(), job_id),
+                " WHERE id = ? AND status = 'running'" + _OWNED,
+                (self._timestamp(), self._timestamp(), job_id, owner, owner),
             )
+        return changed == 1
 
     async def deliver(self, job_id: int, *, message_id: int, channel_id: int) -> bool:
         """running → delivered, recording where the track was posted. True only once."""
         now = self._timestamp()
-        async with self._write() as db:
-            changed = await self._update(
-                db,
+        async with self._db.write(notify=True) as tx:
+            changed = await tx.execute(
                 "UPDATE jobs SET status = 'delivered', token = '', delivered_message_id = ?,"
                 " delivered_channel_id = ?, delivered_at = ?, finished_at = ?, updated_at = ?"
                 " WHERE id = ? AND status = 'running'",
                 (message_id, channel_id, now, now, now, job_id),
             )
-        self._log_transition(job_id, "delivered", changed)
-        return changed
+        self._log_transition(job_id, "delivered", changed == 1)
+        return changed == 1
 
     async def fail(self, job_id: int, *, error: str, detail: str) -> bool:
         """queued|running → failed, with the user-facing `error` and the `detail` for logs."""
         now = self._timestamp()
-        async with self._write() as db:
-            changed = await self._update(
-                db,
+        async with self._db.write(notify=True) as tx:
+            changed = await tx.execute(
                 "UPDATE jobs SET status = 'failed', token = '', error = ?, error_detail = ?,"
                 f" finished_at = ?, updated_at = ? WHERE id = ? AND status IN {_ACTIVE_SQL}",
                 (error, detail, now, now, job_id),
             )
-        self._log_transition(job_id, "failed", changed)
-        return changed
+        self._log_transition(job_id, "failed", changed == 1)
+        return changed == 1
 
     async def cancel(self, job_id: int) -> Job | None:
         """queued|running → cancelled, unless the track is already being delivered.
@@ -663,99 +755,43 @@ class JobStore:
         its delivery had begun (``delivering_at`` set).
         """
         now = self._timestamp()
-        async with self._write() as db:
-            before = await self._select(db, job_id)
-            changed = before is not None and await self._update(
-                db,
-                "UPDATE jobs SET status = 'cancelled', token = '', finished_at = ?, updated_at = ?"
-                f" WHERE id = ? AND status IN {_ACTIVE_SQL} AND delivering_at IS NULL",
-                (now, now, job_id),
+        async with self._db.write(notify=True) as tx:
+            rows = await tx.fetch("SELECT * FROM jobs WHERE id = ?", (job_id,))
+            before = Job.from_row(rows[0]) if rows else None
+            changed = (
+                before is not None
+                and await tx.execute(
+                    "UPDATE jobs SET status = 'cancelled', token = '', finished_at = ?,"
+                    f" updated_at = ? WHERE id = ? AND status IN {_ACTIVE_SQL}"
+                    " AND delivering_at IS NULL",
+                    (now, now, job_id),
+                )
+                == 1
             )
         self._log_transition(job_id, "cancelled", changed)
         return before if changed else None
 
     async def requeue(self, job_id: int) -> bool:
-        """running → queued, clearing ``prediction_id`` and ``started_at``; attempts are kept.
+        """running → queued, clearing ``prediction_id``, ``started_at`` and the lease;
+        attempts are kept.
 
         Only for a job whose prediction was never created (so nothing is being paid for):
         the job will start again with a fresh prediction.
         """
-        async with self._write() as db:
-            changed = await self._update(
-                db,
+        async with self._db.write(notify=True) as tx:
+            changed = await tx.execute(
                 "UPDATE jobs SET status = 'queued', prediction_id = NULL, started_at = NULL,"
+                " lease_owner = NULL, lease_expires_at = NULL,"
                 " updated_at = ? WHERE id = ? AND status = 'running'",
                 (self._timestamp(), job_id),
             )
-        self._log_transition(job_id, "queued again", changed)
-        return changed
+        self._log_transition(job_id, "queued again", changed == 1)
+        return changed == 1
 
     # -- internals ------------------------------------------------------------------------
 
     def _timestamp(self) -> str:
         return format_timestamp(self._now())
-
-    def _connection(self) -> aiosqlite.Connection:
-        if self._db is None:
-            raise RuntimeError("the job store is closed")
-        return self._db
-
-    @asynccontextmanager
-    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One write transaction, holding the database's write lock from its first statement.
-
-        Commits on success, rolls back on any exception (cancellation included); SQLite's
-        failures are raised as StoreError.
-        """
-        async with self._lock:
-            db = self._connection()
-            try:
-                # Inside the try: a call cancelled while BEGIN is queued still runs it.
-                await db.execute("BEGIN IMMEDIATE")
-                yield db
-                await db.execute("COMMIT")
-            except BaseException as exc:
-                with suppress(sqlite3.Error):  # the transaction had already ended
-                    await db.execute("ROLLBACK")
-                if not _is_translatable(exc):
-                    raise
-                error = _translate(exc)  # type: ignore[arg-type]
-                if isinstance(error, StoreFullError):
-                    await self._give_up_reserve()
-                raise error from exc
-
-    async def _give_up_reserve(self) -> None:
-        if not self._full:
-            log.error("The job database's disk is full: new jobs are refused until space is freed")
-        self._full = True
-        if self._reserve is not None:
-            await asyncio.to_thread(_remove_reserve, self._reserve)
-
-    async def _try_to_recover_space(self) -> None:
-        if self._reserve is None or not await asyncio.to_thread(_write_reserve, self._reserve):
-            raise StoreFullError("database full: the disk has no room for new jobs")
-        log.warning("The job database's disk has room again: new jobs are accepted")
-        self._full = False
-
-    async def _read(self, sql: str, parameters: Iterable[Any]) -> list[sqlite3.Row]:
-        async with self._lock:
-            try:
-                return list(await self._connection().execute_fetchall(sql, tuple(parameters)))
-            except sqlite3.Error as exc:
-                if _is_translatable(exc):
-                    raise _translate(exc) from exc
-                raise
-
-    @staticmethod
-    async def _select(db: aiosqlite.Connection, job_id: int) -> Job | None:
-        async with db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)) as cursor:
-            row = await cursor.fetchone()
-        return None if row is None else Job.from_row(row)
-
-    @staticmethod
-    async def _update(db: aiosqlite.Connection, sql: str, parameters: Iterable[Any]) -> bool:
-        async with db.execute(sql, tuple(parameters)) as cursor:
-            return cursor.rowcount == 1
 
     @staticmethod
     def _log_transition(job_id: int, outcome: str, changed: bool) -> None:
@@ -765,95 +801,8 @@ class JobStore:
             log.debug("Job %d not %s: it was not in a status that allows it", job_id, outcome)
 
 
-def _is_translatable(exc: BaseException) -> bool:
-    """SQLite's operational failures (busy, full, I/O, corrupt); not our own bugs."""
-    return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
-
-
-async def _connect(
-    path: Path, busy_timeout: float, now: Callable[[], datetime]
-) -> aiosqlite.Connection:
-    try:
-        db = await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout)
-    except sqlite3.Error as exc:
-        raise _translate(exc) from exc
-    try:
-        db.row_factory = sqlite3.Row
-        await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        async with db.execute("PRAGMA journal_mode = WAL") as cursor:
-            row = await cursor.fetchone()
-        if row is None or str(row[0]).lower() != "wal":
-            log.warning("Could not switch %s to WAL mode (journal mode: %s)", path, row)
-        await db.execute("PRAGMA synchronous = FULL")
-        await db.execute("PRAGMA foreign_keys = ON")
-        await migrate(db, now=now)
-    except BaseException as exc:
-        await db.close()
-        if _is_translatable(exc):
-            raise _translate(exc) from exc  # type: ignore[arg-type]
-        raise
-    return db
-
-
-def _prepare_files(path: Path, exclusive: bool) -> int | None:
-    """Create the folder, make the database files owner-only, take the process lock."""
-    if path.name == ":memory:":
-        return None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, OWNER_ONLY))
-    # SQLite gives the -wal and -shm files the database file's permissions.
-    for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
-        with suppress(FileNotFoundError):
-            os.chmod(path.with_name(name), OWNER_ONLY)
-    _write_reserve(_reserve_path(path))
-    return _lock_exclusively(path) if exclusive else None
-
-
-def _reserve_path(path: Path) -> Path:
-    return path.with_name(f"{path.name}.reserve")
-
-
-def _write_reserve(path: Path) -> bool:
-    """Make sure the ballast file exists at full size; False if the disk has no room."""
-    with suppress(FileNotFoundError):
-        if path.stat().st_size >= RESERVE_BYTES:
-            return True
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, OWNER_ONLY)
-        try:
-            os.posix_fallocate(fd, 0, RESERVE_BYTES)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        log.debug("could not write the disk reserve %s: %s", path, exc)
-        with suppress(OSError):
-            os.remove(path)
-        return False
-    return True
-
-
-def _remove_reserve(path: Path) -> None:
-    with suppress(FileNotFoundError):
-        os.remove(path)
-        log.warning("Released the %d MiB disk reserve %s", RESERVE_BYTES >> 20, path)
-
-
-def _lock_exclusively(path: Path) -> int:
-    """An advisory lock on ``<file>.lock``, released by the kernel if the process dies."""
-    lock_path = path.with_name(f"{path.name}.lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, OWNER_ONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise DatabaseInUseError(
-            f"another jambot process is already using {path} (locked by {lock_path})"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    return fd
-
-
-def _unlock(fd: int | None) -> None:
-    if fd is not None:
-        os.close(fd)  # closing the descriptor releases the flock
+# With an owner, only while that process holds the job's lease (None: whoever holds it).
+_OWNED = " AND (CAST(? AS TEXT) IS NULL OR lease_owner = ?)"
+_LINE_SQL_NUMBERED = (
+    "SELECT line.id, ROW_NUMBER() OVER () AS place FROM (" + _LINE_SQL + ") AS line"
+)

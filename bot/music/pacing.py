@@ -19,6 +19,10 @@ asks it for a turn right before its GET:
 - Waiting polls are served earliest-due first, which no later arrival can overtake for ever
   (a served poll's next due time moves past the others'), so none is starved.
 
+Several processes polling for one account each take a share of the budget (`set_share`):
+their share of the predictions running in all of them, told at each heartbeat of the
+scheduler, so that all of them together stay within it.
+
 Under light load (one or two in flight) every turn is granted at once, without suspending, so
 polling is exactly what the caller's own interval makes it. Waiting costs one timer for the
 whole pacer (only for the first poll in line) and one future per waiting poll: no busy loop.
@@ -81,6 +85,7 @@ class PollPacer:
             raise ValueError("the budget must exceed the burst, and the burst be at least 1")
         self.per_minute = per_minute
         self.burst = burst
+        self._full_burst = burst
         self.rate = (per_minute - burst) / 60.0  # refill per second: burst + 60 s <= budget
         self._clock = clock
         self._sleep = sleep
@@ -91,6 +96,18 @@ class PollPacer:
         self._seq = itertools.count()
         self._timer: asyncio.Task[None] | None = None
         self._timer_at = 0.0
+
+    def set_share(self, fraction: float) -> None:
+        """Take only `fraction` (0 < fraction <= 1) of the budget: the rest belongs to other
+        processes polling predictions of the same account. The burst shrinks with it, so that
+        the bucket's burst plus a minute's refill stays within the share."""
+        if not 0 < fraction <= 1:
+            raise ValueError("the share must be above 0 and at most 1")
+        budget = self.per_minute * fraction
+        self.burst = max(1, min(self._full_burst, int(budget // 10)))
+        self.rate = max(budget - self.burst, budget / 2) / 60.0
+        self._tokens = min(self._tokens, float(self.burst))
+        self._schedule()
 
     @property
     def in_flight(self) -> int:

@@ -229,6 +229,10 @@ class ReplicateBackend:
         )
         self._http = httpx.AsyncClient(timeout=limits, follow_redirects=True, verify=tls)
 
+    def set_poll_share(self, fraction: float) -> None:
+        """Poll within `fraction` of the account's poll budget (the rest is other processes')."""
+        self._pacer.set_share(fraction)
+
     async def aclose(self) -> None:
         """Close every pool. The official client holds no connection but our transport's."""
         await self._http.aclose()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -243,26 +242,23 @@ def _replicate_failure(model: str, exc: errors.GenerationError) -> str:
 
 async def _store(settings: Settings) -> Line:
     """Open and migrate the database as `jambot run` does, minus the lock a running bot holds."""
-    path = Path(settings.database_path)
     try:
-        store = await JobStore.open(path)
-        await store.close()
-        version = await asyncio.to_thread(_schema_version, path)
-    except (StoreError, MigrationError, OSError, sqlite3.Error) as exc:
+        store = await JobStore.open(settings.database_url)
+        try:
+            version = await store.schema_version()
+        finally:
+            await store.close()
+    except (StoreError, MigrationError, OSError) as exc:
         detail = exc.detail if isinstance(exc, StoreError) else str(exc)
         return Line(
             False,
             f"The job database at DATABASE_URL can't be used ({detail}): fix DATABASE_URL in .env.",
         )
-    return Line(True, f"The job database {path} opens and is migrated (schema version {version})")
-
-
-def _schema_version(path: Path) -> int:
-    """The schema version recorded in the database, read through a read-only connection."""
-    uri = f"{path.resolve().as_uri()}?mode=ro"
-    with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
-        row = db.execute("SELECT MAX(version) FROM schema_version").fetchone()
-    return int(row[0]) if row and row[0] is not None else 0
+    return Line(
+        True,
+        f"The job database {settings.database_label} opens and is migrated "
+        f"(schema version {version})",
+    )
 
 
 # -- the invite URL -------------------------------------------------------------------------

@@ -6,16 +6,18 @@ Anything else is a short reason in plain words, for the one who reads the probe'
 
 The gateway is followed through discord.py's public events (`on_connect`, `on_resumed`,
 `on_disconnect`) rather than its websocket object: discord.py reconnects on its own, and
-between a drop and the resume nothing arrives, though `is_ready()` still says True.
+between a drop and the resume nothing arrives, though `is_ready()` still says True. A sharded
+bot follows each shard it holds (`on_shard_connect`, `on_shard_resumed`, `on_shard_disconnect`)
+and is healthy only while every one of them is connected: a shard that is down loses the
+commands of all its guilds.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Callable
-from pathlib import Path
 
+from discord import AutoShardedClient
 from discord.ext import commands
 
 from bot.chat.services import Services
@@ -31,29 +33,52 @@ answer before the prober's own timeout, and a store that makes jobs wait that lo
 class HealthCheck:
     """Follows the gateway from the moment it's built; `problem()` says what's wrong, if any."""
 
-    def __init__(
-        self, bot: commands.Bot, database_path: str, services: Callable[[], Services | None]
-    ) -> None:
+    def __init__(self, bot: commands.Bot, services: Callable[[], Services | None]) -> None:
         self._bot = bot
-        self._database = Path(database_path)
         self._services = services
-        self._connected = False
-        bot.add_listener(self._up, "on_connect")
-        bot.add_listener(self._up, "on_resumed")
-        bot.add_listener(self._down, "on_disconnect")
+        # The shards connected now; None stands for the one connection of an unsharded bot.
+        self._connected: set[int | None] = set()
+        if isinstance(bot, AutoShardedClient):
+            bot.add_listener(self._shard_up, "on_shard_connect")
+            bot.add_listener(self._shard_up, "on_shard_resumed")
+            bot.add_listener(self._shard_down, "on_shard_disconnect")
+        else:
+            bot.add_listener(self._up, "on_connect")
+            bot.add_listener(self._up, "on_resumed")
+            bot.add_listener(self._down, "on_disconnect")
 
     async def _up(self) -> None:
-        self._connected = True
+        self._connected.add(None)
 
     async def _down(self) -> None:
-        self._connected = False
+        self._connected.discard(None)
+
+    async def _shard_up(self, shard_id: int) -> None:
+        self._connected.add(shard_id)
+
+    async def _shard_down(self, shard_id: int) -> None:
+        self._connected.discard(shard_id)
+
+    def _gateway_problem(self) -> str | None:
+        """None while every connection this process holds is up, else which are down."""
+        bot = self._bot
+        if not isinstance(bot, AutoShardedClient):
+            return None if None in self._connected else "not connected to Discord's gateway"
+        if bot.shard_count is None:  # not launched yet: it learns the count when it connects
+            return "not connected to Discord's gateway"
+        held = bot.shard_ids or range(bot.shard_count)
+        down = [str(shard) for shard in held if shard not in self._connected]
+        if not down:
+            return None
+        which = f"shard {down[0]}" if len(down) == 1 else f"shards {', '.join(down)}"
+        return f"not connected to Discord's gateway: {which} of {bot.shard_count}"
 
     async def problem(self) -> str | None:
         """None when healthy, else why not (the first thing found wrong)."""
         if self._bot.is_closed():
             return "shutting down"
-        if not self._connected:
-            return "not connected to Discord's gateway"
+        if (gateway := self._gateway_problem()) is not None:
+            return gateway
         services = self._services()
         if services is None:
             return "starting: the job store isn't open yet"
@@ -72,31 +97,5 @@ class HealthCheck:
             return f"job store {exc.kind}: {exc.detail}"
         except RuntimeError:
             return "job store closed"
-        return await asyncio.to_thread(_write_lock_problem, self._database, STORE_WITHIN)
-
-
-def _write_lock_problem(database: Path, within: float) -> str | None:
-    """Whether a writer gets the database's write lock within `within` seconds.
-
-    In WAL mode a read never waits for a writer, so the store's read above can't see another
-    connection (a `sqlite3` shell mid-transaction, a backup) holding the write lock, though
-    every job's next write would wait on it. Taking the lock and letting it go at once writes
-    nothing. Its own short-lived connection keeps the probe from queueing behind, or holding
-    up, the store's, which waits much longer for a lock.
-    """
-    try:
-        db = sqlite3.connect(
-            f"{database.resolve().as_uri()}?mode=rw", uri=True, timeout=within, isolation_level=None
-        )
-    except sqlite3.Error as exc:
-        return f"job store broken: {exc}"
-    try:
-        db.execute("BEGIN IMMEDIATE")
-        db.execute("ROLLBACK")
-    except sqlite3.Error as exc:
-        if "locked" in str(exc) or "busy" in str(exc):
-            return "job store busy: another connection holds its write lock"
-        return f"job store broken: {exc}"
-    finally:
-        db.close()
-    return None
+        # a writer must get the database's write lock: see the engine's write_lock_problem
+        return await services.store.database.write_lock_problem(STORE_WITHIN)

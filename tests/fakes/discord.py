@@ -157,7 +157,7 @@ class FakeDiscord:
         self._gateway = FakeGateway(
             token=bot_token,
             ready_payload=self._ready_payload,
-            guild_payloads=lambda: [self._world.guild()],
+            guild_payloads=lambda: [self._world.guild(g) for g in self._world.guild_channels()],
         )
         self._openapi = DiscordOpenAPI.load()
         self._faults: list[_Fault] = []
@@ -252,6 +252,28 @@ class FakeDiscord:
     def restore_gateway(self) -> None:
         """Accept gateway connections again: the bot's next try resumes its session."""
         self._gateway.refusing = False
+
+    async def close_shard(self, shard_id: int, *, hold: bool = False) -> None:
+        """Close the connection of shard `shard_id` (1001, going away); the bot resumes it.
+        With `hold`, the shard's IDENTIFY and RESUME go unanswered until `release_shard`, so
+        it stays down while the other shards stay up."""
+        await self._gateway.close_shard(shard_id, hold=hold)
+
+    async def release_shard(self, shard_id: int) -> None:
+        """Let shard `shard_id` connect again after `close_shard(..., hold=True)`."""
+        await self._gateway.release_shard(shard_id)
+
+    async def add_guild(self, guild_id: int, channel_id: int | None = None) -> int:
+        """Put the bot in one more guild, with one text channel (a new id unless given), and
+        return the channel's id. As when a bot joins a server, the connection of the guild's
+        shard (if one is up) gets its GUILD_CREATE; later connections get it at READY.
+        Interactions sent with ``guild_id=`` this guild come from its channel."""
+        channel = channel_id if channel_id is not None else self._snowflakes.make()
+        self._world.more_guilds[guild_id] = channel
+        session = self._gateway.session_for(guild_id)
+        if session is not None and session.connected:
+            await session.dispatch("GUILD_CREATE", self._world.guild(guild_id))
+        return channel
 
     async def wait_ready(self, timeout: float = 10) -> None:
         """Wait until the bot identified and was sent READY and its GUILD_CREATE."""
@@ -373,7 +395,7 @@ class FakeDiscord:
         Manage Server (``1 << 5``) added for a server's admin.
         """
         guild = guild_id if guild_id is not None else self.guild_id
-        channel = channel_id if channel_id is not None else self.channel_id
+        channel = channel_id if channel_id is not None else self._world.channel_of(guild)
         opts = [dict(o) for o in options or []]
         resolved: dict[str, Any] = {}
         for option_name, upload in (attachments or {}).items():
@@ -499,7 +521,8 @@ class FakeDiscord:
         )
         self._rest.register(interaction)
         self.sent_interactions.append(interaction)
-        await self._gateway.dispatch("INTERACTION_CREATE", payload)
+        session = await self._gateway.dispatch("INTERACTION_CREATE", payload, guild_id=guild_id)
+        interaction.session_id, interaction.shard_id = session.session_id, session.shard_id
         return interaction
 
     # ------------------------------------------------------------------ HTTP plumbing

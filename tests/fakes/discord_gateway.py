@@ -2,6 +2,13 @@
 
 Frames are plain JSON text frames (discord.py asks for ``compress=zlib-stream`` but only
 decompresses binary frames).
+
+Several connections at once are sharded as Discord shards them: each IDENTIFY may carry
+``shard: [shard_id, shard_count]``, and a guild's events go only to the connection of shard
+``(guild_id >> 22) % shard_count``, events without a guild (DMs) to shard 0. A connection
+identified without ``shard`` gets every event, as shard 0 of 1. When several connections could
+take an event, the one identified (or resumed) last does, as a single bot's newest connection
+takes over from its previous one.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
+
+from .discord_models import shard_of
 
 __all__ = ["FakeGateway", "GatewaySession"]
 
@@ -38,6 +47,7 @@ CLOSE_DECODE_ERROR = 4002
 CLOSE_NOT_AUTHENTICATED = 4003
 CLOSE_AUTHENTICATION_FAILED = 4004
 CLOSE_ALREADY_AUTHENTICATED = 4005
+CLOSE_INVALID_SHARD = 4010
 
 
 @dataclass
@@ -53,6 +63,23 @@ class GatewaySession:
     @property
     def connected(self) -> bool:
         return self.ws is not None and not self.ws.closed
+
+    @property
+    def shard(self) -> tuple[int, int] | None:
+        """``(shard_id, shard_count)`` as identified; None: identified without ``shard``."""
+        shard = self.identify.get("shard")
+        return None if shard is None else (int(shard[0]), int(shard[1]))
+
+    @property
+    def shard_id(self) -> int | None:
+        return None if self.shard is None else self.shard[0]
+
+    def receives(self, guild_id: int | None) -> bool:
+        """Whether this session's shard carries the events of `guild_id` (None: a DM)."""
+        if self.shard is None:
+            return True
+        shard_id, shard_count = self.shard
+        return shard_of(guild_id, shard_count) == shard_id
 
     async def dispatch(self, event: str, data: Mapping[str, Any]) -> int:
         async with self.lock:
@@ -78,23 +105,70 @@ class FakeGateway:
         self._ready_payload = ready_payload
         self._guild_payloads = guild_payloads
         self.sessions: dict[str, GatewaySession] = {}
-        self.active: GatewaySession | None = None
+        # Sessions in the order they were identified or last resumed: the newest last.
+        self._activated: list[GatewaySession] = []
+        # Shards whose IDENTIFY and RESUME go unanswered (`close_shard(hold=True)`), and the
+        # connections left waiting for an answer meanwhile.
+        self._held_shards: dict[int, list[web.WebSocketResponse]] = {}
         self.received: list[dict[str, Any]] = []
         self.connect_queries: list[dict[str, str]] = []
         self.ready = asyncio.Event()
         self.refusing = False  # True: connections are turned away (503), as in an outage
         self._sockets: set[web.WebSocketResponse] = set()
 
+    @property
+    def active(self) -> GatewaySession | None:
+        """The session identified or resumed last."""
+        return self._activated[-1] if self._activated else None
+
+    def _activate(self, session: GatewaySession) -> None:
+        if session in self._activated:
+            self._activated.remove(session)
+        self._activated.append(session)
+
+    def session_for(self, guild_id: int | None) -> GatewaySession | None:
+        """The session that gets `guild_id`'s events (None: a DM's), connected or not."""
+        return next((s for s in reversed(self._activated) if s.receives(guild_id)), None)
+
     async def close(self) -> None:
+        self._held_shards.clear()
         for ws in list(self._sockets):
             await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
         self._sockets.clear()
 
-    async def dispatch(self, event: str, data: Mapping[str, Any]) -> int:
-        session = self.active
+    async def close_shard(self, shard_id: int, *, hold: bool = False) -> None:
+        """Close the connections of the sessions identified as shard `shard_id` (1001, going
+        away: the bot resumes). With `hold`, that shard's IDENTIFY and RESUME then go
+        unanswered until `release_shard`: the shard stays down, the others stay up."""
+        if hold:
+            self._held_shards.setdefault(shard_id, [])
+        for session in list(self.sessions.values()):
+            if session.shard_id == shard_id and session.ws is not None:
+                await session.ws.close(code=WSCloseCode.GOING_AWAY, message=b"shard closed")
+
+    async def release_shard(self, shard_id: int) -> None:
+        """Answer shard `shard_id`'s IDENTIFY and RESUME again. The connections that waited
+        for an answer meanwhile are closed (1001), so the bot tries again and is answered."""
+        for ws in self._held_shards.pop(shard_id, []):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"shard released")
+
+    def _held(self, ws: web.WebSocketResponse, shard_id: int | None) -> bool:
+        """Whether `shard_id` is held; if so `ws` waits, unanswered, until it is released."""
+        if shard_id is None or shard_id not in self._held_shards:
+            return False
+        self._held_shards[shard_id].append(ws)
+        return True
+
+    async def dispatch(
+        self, event: str, data: Mapping[str, Any], *, guild_id: int | None
+    ) -> GatewaySession:
+        """Send an event of `guild_id` (None: no guild) on the connection of its shard;
+        returns the session that got it."""
+        session = self.session_for(guild_id)
         if session is None or not session.connected:
             raise ConnectionError("the bot is not connected to the gateway")
-        return await session.dispatch(event, data)
+        await session.dispatch(event, data)
+        return session
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if self.refusing:
@@ -154,12 +228,18 @@ class FakeGateway:
             if not isinstance(data, dict) or data.get("token") != self._token:
                 await ws.close(code=CLOSE_AUTHENTICATION_FAILED, message=b"Authentication failed.")
                 return None
+            if not _valid_shard(data.get("shard", [0, 1])):
+                await ws.close(code=CLOSE_INVALID_SHARD, message=b"Invalid shard.")
+                return None
             session = GatewaySession(session_id=secrets.token_hex(16), identify=data, ws=ws)
+            if self._held(ws, session.shard_id):
+                return None
             self.sessions[session.session_id] = session
-            self.active = session
+            self._activate(session)
             await session.dispatch("READY", self._ready_payload(session))
             for guild in self._guild_payloads():
-                await session.dispatch("GUILD_CREATE", guild)
+                if session.receives(int(guild["id"])):
+                    await session.dispatch("GUILD_CREATE", guild)
             self.ready.set()
             return session
         if op == OP_RESUME:
@@ -170,8 +250,10 @@ class FakeGateway:
             if resumed is None:
                 await self._send(ws, {"op": OP_INVALID_SESSION, "d": False})
                 return None
+            if self._held(ws, resumed.shard_id):
+                return None
             resumed.ws = ws
-            self.active = resumed
+            self._activate(resumed)
             await resumed.dispatch("RESUMED", {})
             return resumed
         if session is None:
@@ -182,3 +264,13 @@ class FakeGateway:
             return session
         await ws.close(code=CLOSE_UNKNOWN_OPCODE, message=b"Unknown opcode.")
         return session
+
+
+def _valid_shard(shard: Any) -> bool:
+    """``[shard_id, shard_count]`` with 0 <= shard_id < shard_count, as Discord requires."""
+    return (
+        isinstance(shard, list)
+        and len(shard) == 2
+        and all(isinstance(n, int) and not isinstance(n, bool) for n in shard)
+        and 0 <= shard[0] < shard[1]
+    )

@@ -27,6 +27,7 @@ __all__ = [
     "iso",
     "monotonic",
     "new_token",
+    "shard_of",
     "snowflake_time",
     "user_payload",
 ]
@@ -51,6 +52,14 @@ def iso(moment: datetime) -> str:
 
 def snowflake_time(snowflake: int) -> datetime:
     return datetime.fromtimestamp(((snowflake >> 22) + DISCORD_EPOCH_MS) / 1000, tz=UTC)
+
+
+def shard_of(guild_id: int | None, shard_count: int) -> int:
+    """The shard whose connection carries a guild's events, as Discord routes them:
+    ``(guild_id >> 22) % shard_count``. Events without a guild (DMs) go to shard 0."""
+    if shard_count < 1:
+        raise ValueError("shard_count must be at least 1")
+    return 0 if guild_id is None else (guild_id >> 22) % shard_count
 
 
 class SnowflakeFactory:
@@ -371,6 +380,10 @@ class FakeInteraction:
     followup_ids: list[int] = field(default_factory=list)
     modal: dict[str, Any] | None = None
     component_message_id: int | None = None
+    # The gateway connection it was dispatched on: its session, and the shard that session
+    # identified as (None: identified without ``shard``, so it gets every event).
+    session_id: str | None = None
+    shard_id: int | None = None
 
     @property
     def expires_at(self) -> datetime:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .discord_models import iso, user_payload
+from .discord_models import iso, shard_of, user_payload
 
 __all__ = ["MEMBER_PERMISSIONS", "World"]
 
@@ -16,7 +16,8 @@ MEMBER_PERMISSIONS = "2248473465835073"
 
 @dataclass(frozen=True)
 class World:
-    """The ids of the one bot, guild, text channel and default user the fake knows."""
+    """The ids of the one bot, its guild and text channel and the default user the fake knows,
+    and of the further guilds (each with one text channel) a test adds."""
 
     application_id: int
     bot_user_id: int
@@ -24,6 +25,27 @@ class World:
     channel_id: int
     user_id: int
     started_at: datetime
+    more_guilds: dict[int, int] = field(default_factory=dict)  # guild id → its channel id
+
+    def guild_channels(self) -> dict[int, int]:
+        """Every guild the bot is in, with its text channel: the first guild first."""
+        return {self.guild_id: self.channel_id} | self.more_guilds
+
+    def channel_of(self, guild_id: int) -> int:
+        """The text channel of a known guild (the first guild's for an unknown one)."""
+        return self.guild_channels().get(guild_id, self.channel_id)
+
+    def guild_of_channel(self, channel_id: int) -> int | None:
+        """The guild of a known text channel, None for an unknown channel."""
+        return next((g for g, c in self.guild_channels().items() if c == channel_id), None)
+
+    def guild_ids_on_shard(self, shard: Any) -> list[int]:
+        """The guilds whose events go to a connection identified with ``shard``
+        (``[shard_id, shard_count]``; None: all of them)."""
+        guilds = list(self.guild_channels())
+        if shard is None:
+            return guilds
+        return [g for g in guilds if shard_of(g, shard[1]) == shard[0]]
 
     def bot_user(self) -> dict[str, Any]:
         return user_payload(self.bot_user_id, "jambot", bot=True)
@@ -76,10 +98,13 @@ class World:
             "avatar": None,
         }
 
-    def guild(self) -> dict[str, Any]:
-        """The GUILD_CREATE payload: enough for discord.py to cache the guild and channel."""
+    def guild(self, guild_id: int | None = None) -> dict[str, Any]:
+        """The GUILD_CREATE payload of a guild (the first one by default): enough for
+        discord.py to cache the guild and its channel."""
+        guild_id = self.guild_id if guild_id is None else guild_id
+        channel_id = self.channel_of(guild_id)
         everyone = {
-            "id": str(self.guild_id),
+            "id": str(guild_id),
             "name": "@everyone",
             "permissions": MEMBER_PERMISSIONS,
             "position": 0,
@@ -93,8 +118,8 @@ class World:
             "flags": 0,
         }
         return {
-            "id": str(self.guild_id),
-            "name": "Jam Session",
+            "id": str(guild_id),
+            "name": "Jam Session" if guild_id == self.guild_id else f"Jam Session {guild_id}",
             "icon": None,
             "description": None,
             "splash": None,
@@ -105,7 +130,7 @@ class World:
             "application_id": None,
             "afk_channel_id": None,
             "afk_timeout": 300,
-            "system_channel_id": str(self.channel_id),
+            "system_channel_id": str(channel_id),
             "system_channel_flags": 0,
             "widget_enabled": False,
             "verification_level": 0,
@@ -135,7 +160,7 @@ class World:
             "lazy": True,
             "voice_states": [],
             "members": [self.member(self.bot_user())],
-            "channels": [self.channel(self.channel_id, self.guild_id)],
+            "channels": [self.channel(channel_id, guild_id)],
             "threads": [],
             "presences": [],
             "stage_instances": [],
@@ -144,11 +169,14 @@ class World:
         }
 
     def ready(self, session_id: str, gateway_url: str, shard: Any = None) -> dict[str, Any]:
+        """READY for a new session: its shard's guilds, all unavailable until GUILD_CREATE;
+        ``shard`` is echoed as the connection identified with it."""
+        guilds = self.guild_ids_on_shard(shard)
         data: dict[str, Any] = {
             "v": 10,
             "user": self.bot_user() | {"verified": True, "mfa_enabled": False, "email": None},
             "user_settings": {},
-            "guilds": [{"id": str(self.guild_id), "unavailable": True}],
+            "guilds": [{"id": str(g), "unavailable": True} for g in guilds],
             "session_id": session_id,
             "session_type": "normal",
             "resume_gateway_url": gateway_url,

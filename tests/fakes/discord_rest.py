@@ -296,8 +296,12 @@ class RestApi:
         return Answer(200, {"url": self._gateway_url()})
 
     def get_gateway_bot(self, req: Request) -> Answer:
+        """The gateway and how many shards Discord recommends (one per 1,000 guilds, at
+        least one), with the session start limit, as Discord documents it."""
         limit = {"total": 1000, "remaining": 999, "reset_after": 86_400_000, "max_concurrency": 1}
-        return Answer(200, {"url": self._gateway_url(), "shards": 1, "session_start_limit": limit})
+        shards = max(1, -(-len(self.world.guild_channels()) // 1000))
+        body = {"url": self._gateway_url(), "shards": shards, "session_start_limit": limit}
+        return Answer(200, body)
 
     # ------------------------------------------------------------------ interactions
 
@@ -440,7 +444,7 @@ class RestApi:
     # ------------------------------------------------------------------ channels
 
     def _check_channel(self, channel_id: str) -> int:
-        if int(channel_id) != self.world.channel_id:
+        if self.world.guild_of_channel(int(channel_id)) is None:
             raise DiscordError.unknown_channel()
         return int(channel_id)
 
@@ -452,7 +456,8 @@ class RestApi:
 
     def get_channel(self, req: Request) -> Answer:
         channel_id = self._check_channel(req.params["channel_id"])
-        return Answer(200, self.world.channel(channel_id, self.world.guild_id))
+        guild_id = self.world.guild_of_channel(channel_id) or self.world.guild_id
+        return Answer(200, self.world.channel(channel_id, guild_id))
 
     def post_channel_message(self, req: Request) -> Answer:
         channel_id = self._check_channel(req.params["channel_id"])
@@ -464,7 +469,8 @@ class RestApi:
             if earlier is not None:
                 return Answer(200, earlier.to_payload())
         kind = 19 if body.get("message_reference") else 0
-        message = self._new_message(channel_id, self.world.guild_id, kind=kind)
+        guild_id = self.world.guild_of_channel(channel_id) or self.world.guild_id
+        message = self._new_message(channel_id, guild_id, kind=kind)
         limit = self.attachment_size_limit
         self._apply(message, body, req.uploads, size_limit=limit, creating=True)
         message.flags &= ~EPHEMERAL
@@ -498,7 +504,7 @@ class RestApi:
         guild = req.params.get("guild_id")
         if guild is None:
             return None
-        if int(guild) != self.world.guild_id:
+        if int(guild) not in self.world.guild_channels():
             raise DiscordError.missing_access()
         return int(guild)
 

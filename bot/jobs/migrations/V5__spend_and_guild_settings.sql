@@ -9,12 +9,14 @@ ALTER TABLE jobs ADD COLUMN expected_cost REAL;
 ALTER TABLE jobs ADD COLUMN model_version TEXT;
 ALTER TABLE jobs ADD COLUMN duration_seconds REAL;
 
--- The jobs made before this release are history the estimate can learn from. (json_extract
--- is SQLite's spelling; Postgres would read request_json::json ->> 'model_version'.)
+-- The jobs made before this release are history the estimate can learn from. (A PostgreSQL
+-- store starts at this schema or later, with no such history: SQLite only.)
+-- [sqlite]
 UPDATE jobs
 SET model_version = json_extract(request_json, '$.model_version'),
     duration_seconds = json_extract(request_json, '$.duration')
 WHERE json_valid(request_json);
+-- [all]
 
 -- The estimate: the newest finished jobs of one model.
 CREATE INDEX jobs_model_id ON jobs (model_version, id);
