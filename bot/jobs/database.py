@@ -47,6 +47,9 @@ class Database(Protocol):
     """How to name the database in a log line or a message (never a password)."""
     shared: bool
     """Whether other processes may use this database at the same time."""
+    skip_locked: str
+    """What a subquery ends with to lock the rows it picks and skip rows that another
+    transaction has locked (`` FOR UPDATE SKIP LOCKED``; empty where writers are serialised)."""
 
     @property
     def full(self) -> bool:

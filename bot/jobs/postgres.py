@@ -9,6 +9,8 @@ and on PostgreSQL's own means of coordination, not on a coordinator of ours:
   is, and the lock ends with the transaction, or with the connection if a process dies;
 * a :meth:`session` pins one pooled connection to the calling task and holds its locks
   across several reads and writes, which then commit together;
+* several processes taking over a dead one's jobs at once each take the rows no other is
+  taking (``FOR UPDATE SKIP LOCKED``);
 * every write that changes what may run next sends ``NOTIFY jambot_jobs``; each process
   ``LISTEN``s on its own connection and wakes its dispatcher (delivered on commit only).
 
@@ -129,6 +131,7 @@ class PostgresDatabase:
 
     engine: Engine = "postgres"
     shared = True
+    skip_locked = " FOR UPDATE SKIP LOCKED"
 
     def __init__(self, pool: asyncpg.Pool, url: str) -> None:
         self._pool: asyncpg.Pool | None = pool

@@ -101,6 +101,7 @@ class SqliteDatabase:
 
     engine: Engine = "sqlite"
     shared = False
+    skip_locked = ""  # one writer at a time: nothing is ever locked by another
 
     def __init__(self, db: aiosqlite.Connection, path: Path, lock_fd: int | None) -> None:
         self._db: aiosqlite.Connection | None = db

@@ -655,16 +655,20 @@ class JobStore:
         Returns them as they now are, oldest first."""
         now = self._now()
         expired = " AND (lease_expires_at IS NULL OR lease_expires_at <= ?)" if expired_only else ""
-        async with self._db.write(locks=("takeover",)) as tx:
+        stamps = [format_timestamp(now)] if expired_only else []
+        async with self._db.write() as tx:
+            # Several processes may look at once: each takes the rows no other is taking.
             rows = await tx.fetch(
                 "UPDATE jobs SET lease_owner = ?, lease_expires_at = ?,"
                 " unfinished_runs = unfinished_runs + 1, updated_at = ?"
-                f" WHERE status = 'running'{expired} RETURNING *",
+                f" WHERE id IN (SELECT id FROM jobs WHERE status = 'running'{expired}"
+                f"{self._db.skip_locked}) AND status = 'running'{expired} RETURNING *",
                 (
                     owner,
                     format_timestamp(now + timedelta(seconds=lease_seconds)),
                     format_timestamp(now),
-                    *([format_timestamp(now)] if expired_only else []),
+                    *stamps,
+                    *stamps,
                 ),
             )
         return sorted((Job.from_row(row) for row in rows), key=lambda job: job.id)
