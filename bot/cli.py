@@ -1,10 +1,12 @@
-"""The `jambot` command: run the bot, sync its commands, check the set-up, or make a track."""
+"""The `jambot` command: run the bot, sync its commands, check the set-up, make a track, or
+copy a SQLite job store to PostgreSQL."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import base64
+import contextlib
 import logging
 import os
 import re
@@ -12,6 +14,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dotenv import dotenv_values
 from pydantic import SecretStr, ValidationError
@@ -21,7 +24,10 @@ from bot.music.backend import Progress, Track
 from bot.music.errors import GenerationError, InvalidRequestError
 from bot.music.request import AudioFormat, ModelVersion, MusicRequest, Normalization
 from bot.naming import track_filename
-from bot.settings import ConfigError, Settings, describe_setting_error
+from bot.settings import ConfigError, Settings, describe_setting_error, redact_database_url
+
+if TYPE_CHECKING:
+    from bot.jobs.copy import CopyReport
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +143,20 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--continuation", action="store_true", help="continue --audio")
     gen.add_argument("--out", type=Path, help="where to write the track (default: from prompt)")
     gen.set_defaults(handler=_generate, needs=("REPLICATE_API_TOKEN",))
+
+    copy = commands.add_parser(
+        "copy-store", help="copy a SQLite job store's jobs and server settings to PostgreSQL"
+    )
+    copy.add_argument(
+        "--to", required=True, metavar="URL", help="an empty database: postgresql://user:pw@host/db"
+    )
+    copy.add_argument(
+        "--from",
+        dest="source",
+        metavar="URL",
+        help="the SQLite file, sqlite:///path/to/jambot.db (default: DATABASE_URL)",
+    )
+    copy.set_defaults(handler=_copy_store, needs=())
     return parser
 
 
@@ -150,6 +170,89 @@ def _sync(args: argparse.Namespace, settings: Settings) -> int:
     from bot.runner import sync_commands
 
     return sync_commands(settings, guild_id=args.guild)
+
+
+class _CopyFailure(Exception):
+    """Why `copy-store` copied nothing, as one sentence."""
+
+
+def _copy_store(args: argparse.Namespace, settings: Settings) -> int:
+    if args.source is not None:
+        if not args.source.startswith("sqlite:///"):
+            raise ConfigError("--from must look like sqlite:///path/to/jambot.db.")
+        source, source_name = Path(args.source.removeprefix("sqlite:///")), "--from"
+    elif settings.uses_postgres:
+        raise ConfigError(
+            "DATABASE_URL names a PostgreSQL server: give the SQLite file to copy with "
+            "--from sqlite:///path/to/jambot.db."
+        )
+    else:
+        source, source_name = Path(settings.database_path), "DATABASE_URL"
+    if not args.to.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("--to must look like postgresql://user:password@host:5432/db.")
+    try:
+        if not source.is_file():
+            raise _CopyFailure(f"There is no SQLite file at {source} to copy: check {source_name}.")
+        report = asyncio.run(_copy(source, source_name, args.to))
+    except _CopyFailure as exc:
+        print(f"jambot: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"Copied {report.jobs} jobs ({report.queued} queued, {report.running} running) and "
+        f"{report.guild_settings} server settings from {source} to "
+        f"{redact_database_url(args.to)}; start jambot with DATABASE_URL set to it."
+    )
+    return 0
+
+
+async def _copy(source: Path, source_name: str, target_url: str) -> CopyReport:
+    """Copy the SQLite file at `source` (named by the setting or flag `source_name`) into the
+    empty PostgreSQL database at `target_url`, or raise a _CopyFailure saying why not."""
+    from bot.jobs.copy import TargetNotEmptyError, bot_lock, copy_store
+    from bot.jobs.migrate import MigrationError
+    from bot.jobs.store import DatabaseInUseError, JobStore, StoreError
+
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            stack.enter_context(bot_lock(source))
+        except DatabaseInUseError as exc:
+            raise _CopyFailure(
+                f"A jambot is running on {source}: stop the bot first, then copy its jobs."
+            ) from exc
+        except OSError as exc:
+            raise _CopyFailure(
+                f"Couldn't lock {source} against a bot starting on it ({exc.strerror or exc})."
+            ) from exc
+        try:
+            old = await JobStore.open(source)
+        except (StoreError, MigrationError) as exc:
+            raise _CopyFailure(
+                f"The SQLite file at {source_name} can't be used ({_store_detail(exc)})."
+            ) from exc
+        await stack.enter_async_context(old)
+        try:
+            new = await JobStore.open(target_url)
+        except (StoreError, MigrationError) as exc:
+            raise _CopyFailure(
+                f"The PostgreSQL database at --to can't be used ({_store_detail(exc)})."
+            ) from exc
+        await stack.enter_async_context(new)
+        try:
+            return await copy_store(old, new)
+        except TargetNotEmptyError as exc:
+            raise _CopyFailure(
+                f"The database at --to ({redact_database_url(target_url)}) already holds "
+                f"{exc.jobs} jobs and {exc.guild_settings} server settings: copy-store only "
+                "copies into an empty database, so it copied nothing."
+            ) from exc
+        except StoreError as exc:
+            raise _CopyFailure(f"The copy failed and copied nothing ({exc.detail}).") from exc
+
+
+def _store_detail(exc: Exception) -> str:
+    from bot.jobs.store import StoreError
+
+    return (exc.detail if isinstance(exc, StoreError) else str(exc)).rstrip(".")
 
 
 def _generate(args: argparse.Namespace, settings: Settings) -> int:

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import itertools
 import logging
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -99,7 +100,7 @@ def translate(exc: BaseException, label: str) -> StoreError | None:
 def numbered(sql: str) -> str:
     """``?`` placeholders as PostgreSQL's ``$1, $2, ...`` (the store's SQL has no ``?`` in
     a string literal)."""
-    counter = iter(range(1, 10_000))
+    counter = itertools.count(1)
     return re.sub(r"\?", lambda _: f"${next(counter)}", sql)
 
 

@@ -128,7 +128,7 @@ class SqliteDatabase:
         try:
             db = await _connect(path, busy_timeout, now)
         except BaseException:
-            _unlock(lock_fd)
+            unlock(lock_fd)
             raise
         log.debug("Opened job database %s", path)
         return cls(db, path, lock_fd)
@@ -139,7 +139,7 @@ class SqliteDatabase:
             async with self._lock:
                 await db.close()
         lock_fd, self._lock_fd = self._lock_fd, None
-        _unlock(lock_fd)
+        unlock(lock_fd)
 
     @property
     def full(self) -> bool:
@@ -278,7 +278,7 @@ def _prepare_files(path: Path, exclusive: bool) -> int | None:
         with contextlib.suppress(FileNotFoundError):
             os.chmod(path.with_name(name), OWNER_ONLY)
     _write_reserve(_reserve_path(path))
-    return _lock_exclusively(path) if exclusive else None
+    return lock_exclusively(path) if exclusive else None
 
 
 def _reserve_path(path: Path) -> Path:
@@ -310,7 +310,7 @@ def _remove_reserve(path: Path) -> None:
         log.warning("Released the %d MiB disk reserve %s", RESERVE_BYTES >> 20, path)
 
 
-def _lock_exclusively(path: Path) -> int:
+def lock_exclusively(path: Path) -> int:
     """An advisory lock on ``<file>.lock``, released by the kernel if the process dies."""
     lock_path = path.with_name(f"{path.name}.lock")
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, OWNER_ONLY)
@@ -326,6 +326,6 @@ def _lock_exclusively(path: Path) -> int:
     return fd
 
 
-def _unlock(fd: int | None) -> None:
+def unlock(fd: int | None) -> None:
     if fd is not None:
         os.close(fd)  # closing the descriptor releases the flock
