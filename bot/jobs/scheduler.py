@@ -426,6 +426,8 @@ class Scheduler:
                 self._wakeup.set()
 
     async def _start_waiting_jobs(self) -> None:
+        # a process that stopped cleanly ended its leases and said so: resume its jobs now
+        await self._persist("take over jobs", self._take_over_expired)
         moved = False
         while not self._closing:
             job = await self._persist("start job", self._claim)
@@ -457,10 +459,7 @@ class Scheduler:
             await asyncio.sleep(interval)
             try:
                 await self._renew()
-                if self._store.shared:
-                    for job in await self._store.take_over(self.owner, self._lease_seconds):
-                        log.warning("job %d: taken over from a process that stopped", job.id)
-                        await self._resume(job)
+                await self._take_over_expired()
                 if self._on_poll_share is not None:
                     total = await self._store.running_count()
                     # at least one job's worth: a job claimed next must not start at zero
@@ -473,6 +472,15 @@ class Scheduler:
             except Exception:
                 log.exception("heartbeat: unexpected failure; it goes on")
             self._wakeup.set()
+
+    async def _take_over_expired(self) -> None:
+        """Resume here the running jobs of processes that stopped renewing their leases (or
+        ended them at a clean stop). A read first: most looks find none."""
+        if not self._store.shared or not await self._store.has_expired_leases():
+            return
+        for job in await self._store.take_over(self.owner, self._lease_seconds):
+            log.warning("job %d: taken over from a process that stopped", job.id)
+            await self._resume(job)
 
     async def _renew(self) -> None:
         """Renew the leases; a job launched before the renewal whose lease is gone was taken

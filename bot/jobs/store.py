@@ -646,6 +646,15 @@ class JobStore:
             )
         return {int(row[0]) for row in rows}
 
+    async def has_expired_leases(self) -> bool:
+        """Whether a running job's lease has expired (its process stopped renewing it)."""
+        rows = await self._db.read(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE status = 'running'"
+            " AND (lease_expires_at IS NULL OR lease_expires_at <= ?))",
+            (self._timestamp(),),
+        )
+        return bool(rows[0][0])
+
     async def take_over(
         self, owner: str, lease_seconds: float, *, expired_only: bool = True
     ) -> list[Job]:

@@ -19,7 +19,9 @@ point ``replicate.Client(base_url=fake.base_url)`` at it. It models:
 * fault injection (HTTP errors with Replicate's RFC 7807 bodies, dropped connections, delays,
   and 2xx answers that are not a prediction: a proxy's HTML page, JSON without ``id``);
 * a record of every request and the status it was answered with (``requests``), and of every
-  upload (``uploads``).
+  upload (``uploads``);
+* the predictions in flight now (``in_flight``: created, not ended) and the most there were at
+  once so far (``max_in_flight``, counted at each create).
 
 Run it by hand with ``python -m tests.fakes.replicate --port 8765``.
 

@@ -98,6 +98,9 @@ class FakeReplicate:
         self.requests: list[RequestRecord] = []
         self.uploads: list[UploadRecord] = []
         self.files: dict[str, FakeFile] = {}
+        # The most predictions in flight (created, not yet ended) at once so far, counted at
+        # each create: a bot's concurrency cap, measured where the money is spent.
+        self.max_in_flight = 0
 
         self._create_faults: deque[HttpFault] = deque()
         self._poll_faults: deque[HttpFault] = deque()
@@ -172,6 +175,11 @@ class FakeReplicate:
         async with asyncio.timeout(timeout):
             while self.open_connections:  # noqa: ASYNC110 - aiohttp signals no connection close
                 await asyncio.sleep(0.01)
+
+    @property
+    def in_flight(self) -> int:
+        """Predictions created and not ended yet (``starting`` or ``processing``) right now."""
+        return sum(1 for prediction in self.predictions.values() if not prediction.terminal)
 
     def requests_to(self, route: str) -> list[RequestRecord]:
         """The recorded requests to ``route`` (``create`` covers both create routes)."""
@@ -389,6 +397,7 @@ class FakeReplicate:
             rule_error=rule_error,
         )
         self.predictions[prediction.id] = prediction
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
         if audio is not None:
             self._input_audio[prediction.id] = audio
         record.prediction_id = prediction.id
