@@ -6,6 +6,7 @@ of the public interface: operators script against them, so they never change sil
 
 from __future__ import annotations
 
+import re
 from typing import Self
 
 from pydantic import Field, SecretStr, model_validator
@@ -131,13 +132,16 @@ class Settings(BaseSettings):
 
 
 def redact_database_url(url: str) -> str:
-    """A database URL without its password (``postgresql://jam:***@db:5432/jambot``)."""
+    """A database URL without its password, wherever it is written: after the user name
+    (``postgresql://jam:***@db:5432/jambot``) or as a ``password=`` parameter."""
     scheme, sep, rest = url.partition("://")
-    credentials, at, host = rest.rpartition("@")
-    if not at:
-        return url
-    user = credentials.partition(":")[0]
-    return f"{scheme}{sep}{user}:***@{host}" if ":" in credentials else url
+    location, question, query = rest.partition("?")
+    credentials, at, host = location.rpartition("@")
+    if at and ":" in credentials:
+        location = f"{credentials.partition(':')[0]}:***@{host}"
+    if question:
+        query = re.sub(r"(?i)(^|&)(password|passfile)=[^&]*", r"\1\2=***", query)
+    return f"{scheme}{sep}{location}{question}{query}"
 
 
 # What a well-formed value of each text setting looks like, in words: pydantic's own message

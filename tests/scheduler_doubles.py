@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from bot.jobs.limits import Limits
 from bot.jobs.scheduler import Claim, Delivery, Scheduler
@@ -218,7 +219,9 @@ def scheduler_for(
     *,
     max_concurrent: int = 2,
     max_crashes: int = 3,
+    **options: Any,
 ) -> Scheduler:
+    """`options`: the Scheduler's other keyword arguments (lease_seconds, on_poll_share...)."""
     limits = Limits(store, cooldown_seconds=0, daily_quota=0, max_queued_per_user=0)
     return Scheduler(
         store,
@@ -228,6 +231,7 @@ def scheduler_for(
         max_concurrent=max_concurrent,
         cost_per_second=0.001,
         max_crashes=max_crashes,
+        **options,
     )
 
 

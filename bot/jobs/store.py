@@ -658,13 +658,19 @@ class JobStore:
     async def take_over(
         self, owner: str, lease_seconds: float, *, expired_only: bool = True
     ) -> list[Job]:
-        """Lease to `owner` the running jobs whose lease has expired (a process that died or
-        stopped; without `expired_only`, every running job: for a start on a database no
-        other process uses). Each counts one more unfinished run (see :meth:`resume`).
+        """Lease to `owner` the running jobs whose lease has expired, held by another process
+        (one that died or stopped; without `expired_only`, every running job: for a start on a
+        database no other process uses). Each counts one more unfinished run (see :meth:`resume`).
         Returns them as they now are, oldest first."""
         now = self._now()
-        expired = " AND (lease_expires_at IS NULL OR lease_expires_at <= ?)" if expired_only else ""
-        stamps = [format_timestamp(now)] if expired_only else []
+        # Never its own: a process whose lease lapsed while it still runs the job renews it.
+        expired = (
+            " AND (lease_expires_at IS NULL OR lease_expires_at <= ?)"
+            " AND (lease_owner IS NULL OR lease_owner <> ?)"
+            if expired_only
+            else ""
+        )
+        stamps = [format_timestamp(now), owner] if expired_only else []
         async with self._db.write() as tx:
             # Several processes may look at once: each takes the rows no other is taking.
             rows = await tx.fetch(
