@@ -186,6 +186,34 @@ async def test_an_unusable_database_names_database_url(
     assert line.endswith("): fix DATABASE_URL in .env.")
 
 
+async def test_a_postgresql_store_is_checked_and_its_password_never_shown(
+    discord: FakeDiscord, replicate_fake: FakeReplicate, tmp_path: Path, pg_url: str
+) -> None:
+    user, _, host = pg_url.partition("://")[2].partition("@")
+    with_password = f"postgresql://{user}:s3cret-pw@{host}"  # the cluster trusts loopback
+    env = check_env(discord, replicate_fake, DATABASE_URL=with_password)
+    code, out, err = await jambot("check", cwd=tmp_path, env=env)
+    assert code == 0, out + err
+    schema = load_migrations()[-1].version
+    shown = f"postgresql://{user}:***@{host}"
+    assert f"✓ The job database {shown} opens and is migrated (schema version {schema})" in out
+    assert_secrets_hidden(out + err, "s3cret-pw")
+
+
+async def test_an_unreachable_postgresql_names_database_url(
+    discord: FakeDiscord, replicate_fake: FakeReplicate, tmp_path: Path
+) -> None:
+    port = closed_port_url("postgresql").rsplit(":", 1)[1]
+    url = f"postgresql://jam:s3cret-pw@127.0.0.1:{port}/jambot"
+    env = check_env(discord, replicate_fake, DATABASE_URL=url)
+    code, out, err = await jambot("check", cwd=tmp_path, env=env)
+    assert code == 1
+    [line] = failures(out)
+    assert line.startswith("✗ The job database at DATABASE_URL can't be used (")
+    assert "can't be reached" in line and "jam:***@127.0.0.1" in line
+    assert_secrets_hidden(out + err, "s3cret-pw")
+
+
 async def test_settings_that_do_not_parse_are_the_one_line(tmp_path: Path) -> None:
     code, out, _ = await jambot("check", cwd=tmp_path, env={"MAX_ATTEMPTS": "0"})
     assert code == 2

@@ -281,10 +281,20 @@ async def test_a_too_long_clip_to_continue_costs_nothing(tmp_path: Path) -> None
 
 
 async def _placeholder(h: Harness, interaction: FakeInteraction) -> int:
+    """The placeholder's message id, once it shows its Cancel button (nobody can click a
+    button before it is there: discord.py ignores a click on a message without it)."""
     callback = await h.discord.wait_for_call(
         lambda c: c.path.startswith(f"/interactions/{interaction.id}/"), 10
     )
     assert callback.status in (200, 204)
+    await h.discord.wait_for_call(
+        lambda c: (
+            c.method == "PATCH"
+            and interaction.token in c.path
+            and any(i.startswith("jam:cancel:") for i in custom_ids(c.json.get("components", [])))
+        ),
+        20,
+    )
     message = next(m for m in h.discord.messages.values() if m.interaction_id == interaction.id)
     return message.id
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bot.cli import load_settings
-from bot.settings import ConfigError, Settings
+from bot.settings import ConfigError, Settings, redact_database_url
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -153,3 +153,28 @@ def test_a_malformed_text_setting_is_described_not_shown_as_a_pattern(
 def test_log_levels_are_case_insensitive(monkeypatch: pytest.MonkeyPatch, level: str) -> None:
     monkeypatch.setenv("LOG_LEVEL", level)
     assert load_settings(_env_file=None).log_level == level
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://jam:s3cret@db:5432/jambot", "postgresql://jam:***@db:5432/jambot"),
+        ("postgres://jam:p@ss@db/jambot", "postgres://jam:***@db/jambot"),
+        (
+            "postgresql://jam@db/jambot?sslmode=require&password=s3cret",
+            "postgresql://jam@db/jambot?sslmode=require&password=***",
+        ),
+        ("postgresql://db/jambot?PASSWORD=s3cret", "postgresql://db/jambot?PASSWORD=***"),
+        ("postgresql://jam@db/jambot", "postgresql://jam@db/jambot"),
+    ],
+)
+def test_a_database_url_is_shown_without_its_password(url: str, shown: str) -> None:
+    assert redact_database_url(url) == shown
+    settings = Settings(_env_file=None, database_url=url)  # type: ignore[call-arg]
+    assert settings.database_label == shown
+    assert "s3cret" not in repr(settings) and "s3cret" not in settings.database_label
+
+
+def test_a_sqlite_database_is_shown_as_its_file() -> None:
+    settings = Settings(_env_file=None, database_url="sqlite:///data/jambot.db")  # type: ignore[call-arg]
+    assert settings.database_label == "data/jambot.db" and not settings.uses_postgres
