@@ -163,3 +163,70 @@ async def test_ten_concurrent_generations_complete_with_one_create_each(
     assert len(replicate_fake.creates) == 10
     assert all(track.data for track in tracks)
     assert backend._pacer.in_flight == 0
+
+
+def test_downloads_and_cancels_share_the_budget_and_go_ahead_of_polls() -> None:
+    """64 predictions polling flat out, and a finished track's download every 50 ms (1,200 a
+    minute): all requests together keep to the budget, the downloads never wait long, and the
+    polls get what is left."""
+    vt = VirtualTime()
+    pacer = PollPacer(clock=vt.clock, sleep=vt.sleep)
+    polls: list[float] = []
+    errands: list[tuple[float, float]] = []  # (asked, granted)
+
+    async def prediction() -> None:
+        with pacer.polling() as ticket:
+            while True:
+                await pacer.turn(ticket)
+                polls.append(vt.now)
+                await vt.sleep(0.05)
+
+    async def downloads() -> None:
+        while True:
+            asked = vt.now
+            await pacer.errand()
+            errands.append((asked, vt.now))
+            await vt.sleep(0.05)
+
+    async def main() -> None:
+        tasks = [asyncio.create_task(prediction()) for _ in range(64)]
+        tasks.append(asyncio.create_task(downloads()))
+        await vt.run_until(180)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(main())
+    granted = sorted([*polls, *(at for _, at in errands)])
+    assert busiest_minute({0: granted}) <= POLL_BUDGET_PER_MINUTE
+    assert len(errands) > 1_000 and max(at - asked for asked, at in errands) < 0.1
+    polls_in_last_minute = len([t for t in polls if t >= 120])
+    assert 0 < polls_in_last_minute <= POLL_BUDGET_PER_MINUTE - 1_000
+
+
+def test_a_share_of_the_budget_holds_in_any_minute() -> None:
+    """A process told it runs a quarter of the account's jobs polls within a quarter."""
+    vt = VirtualTime()
+    pacer = PollPacer(clock=vt.clock, sleep=vt.sleep)
+    polls: list[float] = []
+
+    async def prediction() -> None:
+        with pacer.polling() as ticket:
+            while True:
+                await pacer.turn(ticket)
+                polls.append(vt.now)
+                await vt.sleep(0.05)
+
+    async def main() -> None:
+        pacer.set_share(0.25)
+        tasks = [asyncio.create_task(prediction()) for _ in range(50)]
+        await vt.run_until(120)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(main())
+    assert busiest_minute({0: polls}) <= POLL_BUDGET_PER_MINUTE / 4
+    assert busiest_minute({0: polls}) >= 0.9 * POLL_BUDGET_PER_MINUTE / 4  # and uses it
+    with pytest.raises(ValueError):
+        pacer.set_share(0)

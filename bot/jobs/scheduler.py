@@ -460,11 +460,7 @@ class Scheduler:
             try:
                 await self._renew()
                 await self._take_over_expired()
-                if self._on_poll_share is not None:
-                    total = await self._store.running_count()
-                    # at least one job's worth: a job claimed next must not start at zero
-                    share = max(len(self._running), 1) / max(total, 1)
-                    self._on_poll_share(min(1.0, share))
+                await self._share_polls()
                 self._note_store_ok()
             except StoreError as exc:
                 self._note_store_trouble(exc)
@@ -472,6 +468,17 @@ class Scheduler:
             except Exception:
                 log.exception("heartbeat: unexpected failure; it goes on")
             self._wakeup.set()
+
+    async def _share_polls(self) -> None:
+        """Tell the backend its share of the account's polls: the share of the jobs running
+        in all processes that run here (at least one job's worth, so a job claimed next
+        doesn't start at zero). Looked at after every change of the line (in any process: a
+        claim, an end, a release) and at each heartbeat."""
+        if self._on_poll_share is None:
+            return
+        total = await self._store.running_count()
+        share = max(len(self._running), 1) / max(total, len(self._running), 1)
+        self._on_poll_share(min(1.0, share))
 
     async def _take_over_expired(self) -> None:
         """Resume here the running jobs of processes that stopped renewing their leases (or
@@ -507,6 +514,7 @@ class Scheduler:
         self._position_update = None
         try:
             line = await self.line()
+            await self._share_polls()
         except StoreError as exc:
             log.warning("could not read the line to show places in it (%s)", exc.detail)
             return

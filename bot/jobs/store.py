@@ -586,7 +586,8 @@ class JobStore:
         )
         if int(rows[0][0]) >= cap or not rows[0][1]:
             return None
-        async with self._db.write(locks=("dispatch",)) as tx:
+        # notify: every process looks at the line again (and its share of the polls)
+        async with self._db.write(locks=("dispatch",), notify=True) as tx:
             rows = await tx.fetch("SELECT COUNT(*) FROM jobs WHERE status = 'running'")
             if int(rows[0][0]) >= cap:
                 return None

@@ -3,11 +3,14 @@
 Replicate allows 3,000 non-create requests a minute per account. Each job polling on its own
 every 0.5 s (and every 50 ms as its end nears) would pass that with about 25 jobs in flight,
 and `MAX_CONCURRENT_GENERATIONS` allows more. A 429 on a poll costs nothing but time, yet it
-also throttles the cancels, downloads and uploads that share the same limit, so the polls are
-kept under a budget of their own instead.
+also throttles the cancels, downloads and uploads that share the same limit, so every one of
+them is kept under a budget of jambot's own instead, with headroom left below Replicate's.
 
-`PollPacer` is that budget, shared by every poll of one backend (one per process). Each poll
-asks it for a turn right before its GET:
+`PollPacer` is that budget, shared by every request of one backend (one per process) but its
+creates (which have a limit of their own). A download, cancel or upload takes a token first
+(`errand`), ahead of the polls: at a high rate of finished tracks, the downloads leave fewer
+tokens to the polls, never more requests in all. Each poll asks for a turn right before its
+GET:
 
 - A token bucket (capacity `POLL_BURST`, refilled so that a full bucket plus one minute of
   refill is `POLL_BUDGET_PER_MINUTE`) bounds the polls in *any* 60 s window by the budget.
@@ -34,6 +37,7 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -41,8 +45,9 @@ from dataclasses import dataclass, field
 Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
 
-# Replicate's limit for non-create requests is 3,000 a minute per account; polls get 80% of
-# it, leaving the rest for cancels, downloads and uploads, which share that limit.
+# Replicate's limit for non-create requests is 3,000 a minute per account; jambot's polls,
+# downloads, cancels and uploads together keep to 80% of it, leaving the rest as headroom
+# (retries, another tool using the same token).
 POLL_BUDGET_PER_MINUTE = 2_400
 # Polls that may go back to back after a quiet spell (two jobs' near-end polls can coincide).
 POLL_BURST = 10
@@ -145,6 +150,25 @@ class PollPacer:
             await granted
         finally:
             if not granted.done():  # cancelled while waiting: let the next one in line go
+                granted.cancel()
+                self._schedule()
+
+    async def errand(self) -> None:
+        """Return when one other request to Replicate (a download, a cancel, an upload) may
+        go: it takes a token from the same budget, ahead of every waiting poll (a finished
+        track's download is what a user waits for), but no turn of any prediction's."""
+        now = self._clock()
+        self._refill(now)
+        if self._tokens >= _WHOLE:
+            self._tokens -= 1.0
+            return
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._queue, _Waiter(-math.inf, next(self._seq), PollTicket(), granted))
+        self._schedule()
+        try:
+            await granted
+        finally:
+            if not granted.done():
                 granted.cancel()
                 self._schedule()
 

@@ -296,6 +296,7 @@ class ReplicateBackend:
         Cancelling a finished or unknown prediction, or getting an unreadable answer, is logged.
         """
         try:
+            await self._pacer.errand()
             await self._api.post(f"/v1/predictions/{prediction_id}/cancel")
         except (errors.GenerationError, httpx.HTTPError) as exc:
             if isinstance(exc, httpx.HTTPError):
@@ -397,6 +398,7 @@ class ReplicateBackend:
     async def _upload(self, data: bytes, filename: str, content_type: str) -> str:
         """One upload. The client sends it with no timeout at all: bound it here."""
         files = self._client.files
+        await self._pacer.errand()
         try:
             async with asyncio.timeout(self._upload_timeout):
                 created = await files.async_create(
@@ -517,6 +519,7 @@ class ReplicateBackend:
     async def _download(self, url: str) -> bytes:
         """Fetch the output with a size cap. Transient failures are retried by the caller."""
         answered = False
+        await self._pacer.errand()
         try:
             async with self._http.stream("GET", url) as response:
                 answered = True
