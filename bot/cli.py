@@ -28,6 +28,7 @@ from bot.settings import ConfigError, Settings, describe_setting_error, redact_d
 
 if TYPE_CHECKING:
     from bot.jobs.copy import CopyReport
+    from bot.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -209,8 +210,7 @@ async def _copy(source: Path, source_name: str, target_url: str) -> CopyReport:
     """Copy the SQLite file at `source` (named by the setting or flag `source_name`) into the
     empty PostgreSQL database at `target_url`, or raise a _CopyFailure saying why not."""
     from bot.jobs.copy import TargetNotEmptyError, bot_lock, copy_store
-    from bot.jobs.migrate import MigrationError
-    from bot.jobs.store import DatabaseInUseError, JobStore, StoreError
+    from bot.jobs.store import DatabaseInUseError, StoreError
 
     async with contextlib.AsyncExitStack() as stack:
         try:
@@ -223,20 +223,8 @@ async def _copy(source: Path, source_name: str, target_url: str) -> CopyReport:
             raise _CopyFailure(
                 f"Couldn't lock {source} against a bot starting on it ({exc.strerror or exc})."
             ) from exc
-        try:
-            old = await JobStore.open(source)
-        except (StoreError, MigrationError) as exc:
-            raise _CopyFailure(
-                f"The SQLite file at {source_name} can't be used ({_store_detail(exc)})."
-            ) from exc
-        await stack.enter_async_context(old)
-        try:
-            new = await JobStore.open(target_url)
-        except (StoreError, MigrationError) as exc:
-            raise _CopyFailure(
-                f"The PostgreSQL database at --to can't be used ({_store_detail(exc)})."
-            ) from exc
-        await stack.enter_async_context(new)
+        old = await _opened(stack, source, f"SQLite file at {source_name}")
+        new = await _opened(stack, target_url, "PostgreSQL database at --to")
         try:
             return await copy_store(old, new)
         except TargetNotEmptyError as exc:
@@ -247,6 +235,18 @@ async def _copy(source: Path, source_name: str, target_url: str) -> CopyReport:
             ) from exc
         except StoreError as exc:
             raise _CopyFailure(f"The copy failed and copied nothing ({exc.detail}).") from exc
+
+
+async def _opened(stack: contextlib.AsyncExitStack, target: str | Path, what: str) -> JobStore:
+    """The store at `target`, closed with `stack`; else a _CopyFailure naming `what`."""
+    from bot.jobs.migrate import MigrationError
+    from bot.jobs.store import JobStore, StoreError
+
+    try:
+        store = await JobStore.open(target)
+    except (StoreError, MigrationError) as exc:
+        raise _CopyFailure(f"The {what} can't be used ({_store_detail(exc)}).") from exc
+    return await stack.enter_async_context(store)
 
 
 def _store_detail(exc: Exception) -> str:

@@ -175,6 +175,26 @@ def bot_environment(settings: Settings) -> dict[str, str]:
     return env
 
 
+async def run_until_it_stops(
+    settings: Settings, cwd: Path, timeout: float = 60
+) -> tuple[int, str, str]:
+    """`jambot run` in a child process that is expected to stop by itself (a start that
+    fails): its exit status, standard output and standard error."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        "run",
+        cwd=cwd,
+        env=bot_environment(settings) | {"PYTHONPATH": str(REPO_ROOT)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(child.communicate(), timeout)
+    assert child.returncode is not None
+    return child.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+
+
 @dataclass
 class BotProcess:
     """`jambot run` in a child process: the real entry point, killable without any cleanup."""

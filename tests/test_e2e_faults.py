@@ -6,19 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from tests.fakes.discord_models import RestCall
 from tests.fakes.replicate import HttpFault
 from tests.harness import (
-    REPO_ROOT,
-    bot_environment,
     bot_settings,
     fakes,
     harness,
     is_final_edit,
+    run_until_it_stops,
     spawn_bot,
     start_bot,
     to_options,
@@ -152,22 +150,12 @@ async def test_a_second_bot_on_the_same_database_refuses_to_start(tmp_path: Path
         settings = bot_settings(discord, replicate, tmp_path / "jambot.db")
         first = await spawn_bot(settings, discord, tmp_path)
         try:
-            second = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "bot",
-                "run",
-                cwd=tmp_path,
-                env=bot_environment(settings) | {"PYTHONPATH": str(REPO_ROOT)},
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-            _, err = await asyncio.wait_for(second.communicate(), 30)
-            lines = [line for line in err.decode().splitlines() if line.strip()]
-            assert second.returncode != 0
+            code, _, err = await run_until_it_stops(settings, tmp_path, 30)
+            lines = [line for line in err.splitlines() if line.strip()]
+            assert code != 0
             sentences = [line for line in lines if line.startswith("jambot: ")]
             assert len(sentences) == 1 and lines[-1] == sentences[0], lines
-            assert "DATABASE_URL" in sentences[0] and "Traceback" not in err.decode()
+            assert "DATABASE_URL" in sentences[0] and "Traceback" not in err
             assert first.process.returncode is None  # the first one carries on
         finally:
             await first.terminate()

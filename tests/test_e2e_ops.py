@@ -3,18 +3,22 @@ and a taken METRICS_PORT at `jambot run`."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
 import sqlite3
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import REPO_ROOT, bot_environment, bot_settings, fakes, harness, wait_for
+from tests.harness import (
+    bot_settings,
+    fakes,
+    harness,
+    run_until_it_stops,
+    wait_for,
+)
 
 
 def free_port() -> int:
@@ -127,24 +131,13 @@ async def test_a_taken_metrics_port_stops_the_start_with_one_sentence(tmp_path: 
         port = taken.getsockname()[1]
         async with fakes() as (discord, replicate):
             settings = bot_settings(discord, replicate, tmp_path / "jambot.db", metrics_port=port)
-            env = bot_environment(settings) | {"PYTHONPATH": str(REPO_ROOT)}
-            child = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "bot",
-                "run",
-                cwd=tmp_path,
-                env=env,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-            _, stderr = await asyncio.wait_for(child.communicate(), 60)
-    said = [line for line in stderr.decode().splitlines() if line.startswith("jambot:")]
-    assert child.returncode == 1
+            code, _, stderr = await run_until_it_stops(settings, tmp_path)
+    said = [line for line in stderr.splitlines() if line.startswith("jambot:")]
+    assert code == 1
     assert said == [
         f"jambot: METRICS_PORT {port} is already in use on METRICS_HOST: stop the program "
         "listening there, or choose another METRICS_PORT (0 turns the metrics server off)."
     ]
-    assert "Traceback" not in stderr.decode()
+    assert "Traceback" not in stderr
     assert not (tmp_path / "jambot.db").exists()  # nothing was opened, no job resumed
     assert not discord.gateway_sessions

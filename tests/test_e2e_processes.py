@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -26,12 +25,11 @@ from tests.fakes.discord import FakeDiscord
 from tests.fakes.discord_models import FakeInteraction, RestCall, shard_of
 from tests.fakes.replicate import FakeReplicate
 from tests.harness import (
-    REPO_ROOT,
     BotProcess,
-    bot_environment,
     bot_settings,
     fakes,
     is_final_edit,
+    run_until_it_stops,
     spawn_bot,
     to_options,
     wait_for,
@@ -381,19 +379,8 @@ async def test_an_unreachable_database_stops_the_start_with_one_line(tmp_path: P
     url = f"postgresql://jambot:{password}@127.0.0.1:{free_port()}/jambot"
     async with fakes() as (discord, replicate):
         settings = bot_settings(discord, replicate, tmp_path / "unused.db", database_url=url)
-        child = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bot",
-            "run",
-            cwd=tmp_path,
-            env=bot_environment(settings) | {"PYTHONPATH": str(REPO_ROOT)},
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(child.communicate(), 60)
-    stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
-    assert child.returncode == 1, stderr
+        code, stdout, stderr = await run_until_it_stops(settings, tmp_path)
+    assert code == 1, stderr
     naming = [line for line in stderr.splitlines() if "DATABASE_URL" in line]
     assert len(naming) == 1, stderr
     assert naming[0].startswith("jambot: ") and stderr.rstrip().endswith(naming[0]), stderr

@@ -46,7 +46,10 @@ class Processes:
         self._opened.append(store)
         return store
 
-    async def close(self) -> None:
+    async def __aenter__(self) -> Processes:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
         await asyncio.gather(*(store.close() for store in self._opened))
 
 
@@ -61,11 +64,8 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 async def processes(target: str, clock: Clock) -> AsyncIterator[Processes]:
-    opened = Processes(target, clock)
-    try:
+    async with Processes(target, clock) as opened:
         yield opened
-    finally:
-        await opened.close()
 
 
 @pytest.fixture
@@ -81,11 +81,8 @@ async def other(processes: Processes, store: JobStore) -> JobStore:
 
 @pytest.fixture
 async def pg_processes(pg_url: str, clock: Clock) -> AsyncIterator[Processes]:
-    opened = Processes(pg_url, clock)
-    try:
+    async with Processes(pg_url, clock) as opened:
         yield opened
-    finally:
-        await opened.close()
 
 
 @pytest.fixture

@@ -165,6 +165,15 @@ async def test_ten_concurrent_generations_complete_with_one_create_each(
     assert backend._pacer.in_flight == 0
 
 
+async def flat_out(pacer: PollPacer, vt: VirtualTime, polls: list[float]) -> None:
+    """A prediction that would poll every 50 ms if the pacer let it: its turns in `polls`."""
+    with pacer.polling() as ticket:
+        while True:
+            await pacer.turn(ticket)
+            polls.append(vt.now)
+            await vt.sleep(0.05)
+
+
 def test_downloads_and_cancels_share_the_budget_and_go_ahead_of_polls() -> None:
     """64 predictions polling flat out, and a finished track's download every 50 ms (1,200 a
     minute): all requests together keep to the budget, the downloads never wait long, and the
@@ -174,13 +183,6 @@ def test_downloads_and_cancels_share_the_budget_and_go_ahead_of_polls() -> None:
     polls: list[float] = []
     errands: list[tuple[float, float]] = []  # (asked, granted)
 
-    async def prediction() -> None:
-        with pacer.polling() as ticket:
-            while True:
-                await pacer.turn(ticket)
-                polls.append(vt.now)
-                await vt.sleep(0.05)
-
     async def downloads() -> None:
         while True:
             asked = vt.now
@@ -189,7 +191,7 @@ def test_downloads_and_cancels_share_the_budget_and_go_ahead_of_polls() -> None:
             await vt.sleep(0.05)
 
     async def main() -> None:
-        tasks = [asyncio.create_task(prediction()) for _ in range(64)]
+        tasks = [asyncio.create_task(flat_out(pacer, vt, polls)) for _ in range(64)]
         tasks.append(asyncio.create_task(downloads()))
         await vt.run_until(180)
         for task in tasks:
@@ -210,16 +212,9 @@ def test_a_share_of_the_budget_holds_in_any_minute() -> None:
     pacer = PollPacer(clock=vt.clock, sleep=vt.sleep)
     polls: list[float] = []
 
-    async def prediction() -> None:
-        with pacer.polling() as ticket:
-            while True:
-                await pacer.turn(ticket)
-                polls.append(vt.now)
-                await vt.sleep(0.05)
-
     async def main() -> None:
         pacer.set_share(0.25)
-        tasks = [asyncio.create_task(prediction()) for _ in range(50)]
+        tasks = [asyncio.create_task(flat_out(pacer, vt, polls)) for _ in range(50)]
         await vt.run_until(120)
         for task in tasks:
             task.cancel()

@@ -44,6 +44,15 @@ async def process(url: str, **options: Any) -> AsyncIterator[Process]:
         await store.close()
 
 
+@asynccontextmanager
+async def two_held_processes(url: str, **options: Any) -> AsyncIterator[tuple[Process, Process]]:
+    """Two processes on one database whose predictions wait until released."""
+    async with process(url, **options) as a, process(url, **options) as b:
+        a.backend.hold()
+        b.backend.hold()
+        yield a, b
+
+
 async def submitted(scheduler: Scheduler, user_id: int) -> Job:
     job = await scheduler.submit(new_job(user_id=user_id))
     assert isinstance(job, Job), job
@@ -53,9 +62,7 @@ async def submitted(scheduler: Scheduler, user_id: int) -> Job:
 async def test_a_process_that_stalls_past_its_lease_leaves_the_job_to_the_one_that_took_it(
     pg_url: str,
 ) -> None:
-    async with process(pg_url, max_concurrent=1) as a, process(pg_url, max_concurrent=1) as b:
-        a.backend.hold()
-        b.backend.hold()
+    async with two_held_processes(pg_url, max_concurrent=1) as (a, b):
         job = await submitted(a.scheduler, user_id=1)
         # whichever process claimed it (any process runs any job) is the one that stalls
         await wait_for(lambda: a.backend.creates or b.backend.creates, 5)
@@ -100,9 +107,7 @@ async def test_a_process_that_lost_its_lease_cannot_record_or_deliver(pg_url: st
 
 
 async def test_polls_are_shared_by_the_jobs_each_process_runs(pg_url: str) -> None:
-    async with process(pg_url, max_concurrent=4) as a, process(pg_url, max_concurrent=4) as b:
-        a.backend.hold()
-        b.backend.hold()
+    async with two_held_processes(pg_url, max_concurrent=4) as (a, b):
         for user in (1, 2, 3, 4):  # either process may claim each (NOTIFY wakes both)
             await submitted((a, b)[user % 2].scheduler, user_id=user)
         await wait_for(lambda: a.scheduler.running_count + b.scheduler.running_count == 4, 5)
@@ -119,9 +124,7 @@ async def test_polls_are_shared_by_the_jobs_each_process_runs(pg_url: str) -> No
 async def test_the_cap_is_global_and_the_next_job_starts_wherever_there_is_room(
     pg_url: str,
 ) -> None:
-    async with process(pg_url, max_concurrent=1) as a, process(pg_url, max_concurrent=1) as b:
-        a.backend.hold()
-        b.backend.hold()
+    async with two_held_processes(pg_url, max_concurrent=1) as (a, b):
         first = await submitted(a.scheduler, user_id=1)
         await wait_for(lambda: a.scheduler.running_count + b.scheduler.running_count == 1, 5)
         second = await submitted(b.scheduler, user_id=2)
