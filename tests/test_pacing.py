@@ -225,3 +225,28 @@ def test_a_share_of_the_budget_holds_in_any_minute() -> None:
     assert busiest_minute({0: polls}) >= 0.9 * POLL_BUDGET_PER_MINUTE / 4  # and uses it
     with pytest.raises(ValueError):
         pacer.set_share(0)
+
+
+def test_polls_waiting_on_a_small_share_are_let_go_when_the_share_grows() -> None:
+    """A process told it runs 1 job of 200 while it polls 50 (the count was stale): each poll
+    it grants meanwhile waits a fair interval of minutes. Once its real share is known, those
+    must wait the new, short interval, not the old one."""
+    vt = VirtualTime()
+    pacer = PollPacer(clock=vt.clock, sleep=vt.sleep)
+    polls: dict[int, list[float]] = {n: [] for n in range(50)}
+
+    async def main() -> None:
+        pacer.set_share(1 / 200)
+        tasks = [asyncio.create_task(flat_out(pacer, vt, polls[n])) for n in polls]
+        await vt.run_until(60)
+        slowed = [n for n, times in polls.items() if times]  # their next turn: minutes away
+        pacer.set_share(50 / 200)  # the next look at the store
+        await vt.run_until(75)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert slowed
+        # a quarter of 2,400 a minute for 50 polls: each every 5 s
+        assert all(any(60 < t <= 75 for t in polls[n]) for n in polls)
+
+    asyncio.run(main())

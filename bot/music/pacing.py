@@ -69,6 +69,7 @@ class _Waiter:
     seq: int
     ticket: PollTicket = field(compare=False)
     granted: asyncio.Future[None] = field(compare=False)
+    floored: bool = field(default=False, compare=False)  # waits out the fair interval
 
 
 class PollPacer:
@@ -112,6 +113,13 @@ class PollPacer:
         self.burst = max(1, min(self._full_burst, int(budget // 10)))
         self.rate = max(budget - self.burst, budget / 2) / 60.0
         self._tokens = min(self._tokens, float(self.burst))
+        # the polls waiting out a fair interval wait out the new one instead (a share that
+        # grew must not leave them waiting for the small one's long interval)
+        fair = self.fair_interval()
+        for waiter in self._queue:
+            if waiter.floored and waiter.ticket.last_turn is not None:
+                waiter.due = waiter.ticket.last_turn + fair
+        heapq.heapify(self._queue)
         self._schedule()
 
     @property
@@ -137,14 +145,15 @@ class PollPacer:
         now = self._clock()
         due = now if ticket.last_turn is None else ticket.last_turn
         fair = self.fair_interval()
-        if ticket.last_turn is not None and (eta is None or eta > fair):
+        floored = ticket.last_turn is not None and (eta is None or eta > fair)
+        if floored:
             due += fair
         self._refill(now)
         if not self._queue and due <= now and self._tokens >= _WHOLE:
             self._grant(ticket, now)
             return
         granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._queue, _Waiter(due, next(self._seq), ticket, granted))
+        heapq.heappush(self._queue, _Waiter(due, next(self._seq), ticket, granted, floored))
         self._schedule()
         try:
             await granted
