@@ -108,8 +108,8 @@ class Settings(BaseSettings):
 
     @property
     def shard_id_list(self) -> list[int] | None:
-        """SHARD_IDS as sorted shard numbers (``"1, 0"`` → ``[0, 1]``), or None when it is
-        empty: then this process holds all SHARD_COUNT shards."""
+        """SHARD_IDS as sorted shard numbers (``"1, 0"`` → ``[0, 1]``), or None for an empty
+        SHARD_IDS (this process then holds all SHARD_COUNT shards)."""
         ids = sorted({int(part) for part in self.shard_ids.split(",") if part.strip()})
         return ids or None
 

@@ -490,16 +490,20 @@ class Scheduler:
             await self._resume(job)
 
     async def _renew(self) -> None:
-        """Renew the leases; a job launched before the renewal whose lease is gone was taken
-        over by another process (this one stalled past its lease) or ended elsewhere (a
-        cancel): stop working on it here, leaving its prediction alone."""
+        """Renew the leases. A job launched before the renewal whose lease another process
+        holds now was taken over (this one stalled past its lease): stop working on it here,
+        leaving its prediction alone. (One that ended meanwhile, here or by a cancel in
+        another process, ends its own way: its poll sees the cancel.)"""
         asked_at = asyncio.get_running_loop().time()
         held = await self._store.renew_leases(self.owner, self._lease_seconds)
         for job_id, task in list(self._running.items()):
             if job_id in held or self._launched_at.get(job_id, asked_at) >= asked_at:
                 continue
-            if not task.done() and job_id not in self._lost:
-                log.warning("job %d: no longer leased to this process; leaving it", job_id)
+            if task.done() or job_id in self._lost:
+                continue
+            job = await self._store.get(job_id)
+            if job is not None and job.status == "running" and job.lease_owner != self.owner:
+                log.warning("job %d: taken over by another process; leaving it to it", job_id)
                 self._lost.add(job_id)
                 task.cancel()
 
