@@ -40,7 +40,7 @@ from bot.jobs.budget import Budgets
 from bot.jobs.failures import CrashLoopFailure, InternalFailure, StorageFailure
 from bot.jobs.guild_settings import Rules
 from bot.jobs.limits import Limits, Refusal
-from bot.jobs.store import Job, JobStore, NewJob, StoreError
+from bot.jobs.store import Job, JobStore, NewJob, StoreError, Waiting
 from bot.music.backend import MusicBackend, Progress, Track
 from bot.music.errors import GenerationError, OutputError, TransientPredictionError
 from bot.music.request import MusicRequest
@@ -164,7 +164,7 @@ class Scheduler:
         self._on_poll_share = on_poll_share
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._accepted: dict[int, Job] = {}  # queued jobs this process shows the place of
-        self._line: list[Job] = []  # the whole line, as last read from the store
+        self._line: list[Waiting] = []  # the whole line, as last read from the store
         self._running: dict[int, asyncio.Task[None]] = {}
         self._launched_at: dict[int, float] = {}
         self._lost: set[int] = set()  # jobs whose lease another process holds now
@@ -255,7 +255,7 @@ class Scheduler:
             return _storage_refusal(exc)
         self._note_store_ok()
         self._accepted[job.id] = job
-        self._line.append(job)  # until the line is read again
+        self._line.append(Waiting(job.id, job.user_id))  # until the line is read again
         log.info("job %d: queued for user %d", job.id, job.user_id)
         self._wakeup.set()
         self._update_positions_soon()
@@ -277,11 +277,11 @@ class Scheduler:
                 return place
         return None
 
-    def waiting(self) -> list[Job]:
+    def waiting(self) -> list[Waiting]:
         """The line, in the order jobs will start, as last read from the store."""
         return list(self._line)
 
-    async def line(self) -> list[Job]:
+    async def line(self) -> list[Waiting]:
         """The line as it is now, in all processes together."""
         self._line = await self._store.line()
         return list(self._line)
@@ -516,6 +516,7 @@ class Scheduler:
         moves within reach. The line is read from the store (it spans every process)."""
         await asyncio.sleep(POSITION_UPDATE_DELAY)
         self._position_update = None
+        known = set(self._accepted)  # a job accepted while the line is read isn't in it yet
         try:
             line = await self.line()
             await self._share_polls()
@@ -523,12 +524,14 @@ class Scheduler:
             log.warning("could not read the line to show places in it (%s)", exc.detail)
             return
         positions = {job.id: place for place, job in enumerate(line, start=1)}
-        for job_id in [j for j in self._accepted if j not in positions]:
-            del self._accepted[job_id]
+        for job_id in [j for j in known if j not in positions]:
+            self._accepted.pop(job_id, None)  # it left the line (started, cancelled)
         for job_id in [j for j in self._shown_positions if j not in positions]:
             del self._shown_positions[job_id]
         for job_id, job in self._accepted.items():
-            position = positions[job_id]
+            position = positions.get(job_id)
+            if position is None:
+                continue  # accepted during the read: the next pass shows it
             shown = self._shown_positions.get(job_id)
             if shown == position or (shown is not None and position > POSITION_UPDATES_WITHIN):
                 continue

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self, get_args
+from typing import Any, Literal, NamedTuple, Self, get_args
 
 from bot.clock import format_timestamp, parse_timestamp, utc_now
 from bot.jobs.database import Database, Row
@@ -70,6 +70,7 @@ __all__ = [
     "StoreError",
     "StoreFullError",
     "StoreUnreachableError",
+    "Waiting",
 ]
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,13 @@ _LINE_SQL = (
     " SELECT waiting.id FROM waiting JOIN turns ON turns.user_id = waiting.user_id"
     " ORDER BY waiting.round, turns.last_turn, turns.first_id"
 )
+
+
+class Waiting(NamedTuple):
+    """A job in line: its id and its user's."""
+
+    id: int
+    user_id: int
 
 
 @dataclass(frozen=True)
@@ -359,13 +367,14 @@ class JobStore:
         )
         return [Job.from_row(row) for row in rows]
 
-    async def line(self) -> list[Job]:
-        """Every queued job, in the order they will start (barring new arrivals)."""
+    async def line(self) -> list[Waiting]:
+        """Every queued job (its id and user), in the order they will start (barring new
+        arrivals). Ids only: the line is read often, and can be thousands long."""
         rows = await self._db.read(
-            f"SELECT jobs.* FROM ({_LINE_SQL_NUMBERED}) AS line JOIN jobs ON jobs.id = line.id"
-            " ORDER BY line.place"
+            f"SELECT jobs.id, jobs.user_id FROM ({_LINE_SQL_NUMBERED}) AS line"
+            " JOIN jobs ON jobs.id = line.id ORDER BY line.place"
         )
-        return [Job.from_row(row) for row in rows]
+        return [Waiting(int(row[0]), int(row[1])) for row in rows]
 
     async def schema_version(self) -> int:
         """The newest migration applied to the database."""
