@@ -140,8 +140,8 @@ async def test_a_job_that_keeps_crashing_the_process_is_failed_not_resumed(
     job = await store.add(new_job())
     await store.start(job.id)  # run 1 ... crash
     await store.set_prediction(job.id, "p-poison")
-    await store.resume(job.id)  # run 2 ... crash
-    await store.resume(job.id)  # run 3 ... crash
+    await store.take_over("run-2", 30, expired_only=False)  # run 2 ... crash
+    await store.take_over("run-3", 30, expired_only=False)  # run 3 ... crash
     await store.close()
 
     async with rig(path, max_crashes=3) as r:

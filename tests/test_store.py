@@ -42,6 +42,14 @@ from tests.conftest import fill_disk
 from tests.pg import PostgresCluster, free_port
 
 ENGINES = ["sqlite", "postgres"]
+MIGRATIONS = [
+    (1, "jobs"),
+    (2, "costs_and_delivery"),
+    (3, "supervision"),
+    (4, "follow_ups"),
+    (5, "spend_and_guild_settings"),
+    (6, "leases_and_turns"),
+]
 TOKEN = "aW50ZXJhY3Rpb246MTIzNDU2Nzg5OnNlY3JldC10b2tlbg"
 
 
@@ -225,14 +233,7 @@ async def test_a_database_newer_than_the_code_is_refused(db_path: Path) -> None:
 
 
 def test_packaged_migrations_are_numbered_from_one() -> None:
-    assert [(m.version, m.name) for m in load_migrations()] == [
-        (1, "jobs"),
-        (2, "costs_and_delivery"),
-        (3, "supervision"),
-        (4, "follow_ups"),
-        (5, "spend_and_guild_settings"),
-        (6, "leases_and_turns"),
-    ]
+    assert [(m.version, m.name) for m in load_migrations()] == MIGRATIONS
 
 
 def test_migration_files_with_a_gap_are_refused(tmp_path: Path) -> None:
@@ -629,14 +630,6 @@ async def test_a_full_disk_gives_up_the_reserve_and_refuses_new_jobs(tiny_disk: 
 
 # -- PostgreSQL only --------------------------------------------------------------------------
 
-MIGRATIONS = [
-    (1, "jobs"),
-    (2, "costs_and_delivery"),
-    (3, "supervision"),
-    (4, "follow_ups"),
-    (5, "spend_and_guild_settings"),
-    (6, "leases_and_turns"),
-]
 PASSWORD = "s3cret-Pa55word"
 
 

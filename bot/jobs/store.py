@@ -670,8 +670,9 @@ class JobStore:
     ) -> list[Job]:
         """Lease to `owner` the running jobs whose lease has expired, held by another process
         (one that died or stopped; without `expired_only`, every running job: for a start on a
-        database no other process uses). Each counts one more unfinished run (see :meth:`resume`).
-        Returns them as they now are, oldest first."""
+        database no other process uses). Each counts one more unfinished run (it goes up at
+        every start and takeover and down again only at a clean shutdown, so it counts the
+        runs that ended in a crash). Returns them as they now are, oldest first."""
         now = self._now()
         # Never its own: a process whose lease lapsed while it still runs the job renews it.
         expired = (
@@ -699,21 +700,6 @@ class JobStore:
         return sorted((Job.from_row(row) for row in rows), key=lambda job: job.id)
 
     # -- status transitions ---------------------------------------------------------------
-
-    async def resume(self, job_id: int) -> Job | None:
-        """Count one more run of a job left ``running`` by an earlier process.
-
-        ``unfinished_runs`` goes up at every start, resume and takeover and down again only
-        when a process shuts down cleanly (:meth:`release_runs`), so it counts the runs that
-        ended in a crash. Returns the job as it now is, or None if it is not running.
-        """
-        async with self._db.write() as tx:
-            rows = await tx.fetch(
-                "UPDATE jobs SET unfinished_runs = unfinished_runs + 1, updated_at = ?"
-                " WHERE id = ? AND status = 'running' RETURNING *",
-                (self._timestamp(), job_id),
-            )
-        return Job.from_row(rows[0]) if rows else None
 
     async def release_runs(self, job_ids: Iterable[int], *, owner: str | None = None) -> None:
         """A clean shutdown: these running jobs' current runs did not crash, and (with
